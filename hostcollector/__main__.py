@@ -1,0 +1,3 @@
+from hostcollector.cli import main
+
+raise SystemExit(main())

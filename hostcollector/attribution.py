@@ -1,0 +1,40 @@
+"""Pure joins: domain records + tenant claims -> attributed VMs. No I/O here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from hostcollector.model import AttributedVM, DomainStats, TenantClaim
+
+
+def attribute_vms(
+    domains: Iterable[DomainStats],
+    claims_by_source: Mapping[str, Mapping[str, TenantClaim | None]],
+    order: Sequence[str],
+    info_labels: Sequence[str],
+) -> tuple[AttributedVM, ...]:
+    """Give every domain the tenant of the first source in `order` that claims it.
+
+    `claims_by_source` maps a source of tenancy ("metadata", "mapping_file") to its claims by VM
+    UUID. Only labels named in `info_labels` survive, and every VM gets all of them (empty when
+    unknown) so hostcollector_vm_info has one label set.
+    """
+    allowed = tuple(info_labels)
+    attributed = []
+    for domain in domains:
+        claim = None
+        for source in order:
+            claim = claims_by_source.get(source, {}).get(domain.uuid)
+            if claim is not None:
+                break
+        found = dict(claim.labels) if claim else {}
+        labels = tuple((label, found.get(label, "")) for label in allowed)
+        attributed.append(
+            AttributedVM(
+                stats=domain,
+                tenant_id=claim.tenant_id if claim else "",
+                tenant_source=claim.source if claim else "",
+                info_labels=labels,
+            )
+        )
+    return tuple(attributed)

@@ -1,0 +1,135 @@
+"""Command line: run | check-config | dump | metrics-table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hostcollector import __version__
+from hostcollector.config import Config, load_config
+from hostcollector.errors import ConfigError
+
+DEFAULT_CONFIG = "/etc/hostcollector/hostcollector.yml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hostcollector", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hostcollector {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument(
+        "--config",
+        default=None,
+        help=f"config file (default {DEFAULT_CONFIG} if present, else built-in defaults)",
+    )
+
+    check = commands.add_parser(
+        "check-config", help="validate a config file; exit 1 listing every problem"
+    )
+    check.add_argument("file")
+
+    dump = commands.add_parser("dump", help="one collection printed as JSON")
+    dump.add_argument("--config", default=None)
+    dump.add_argument("--raw", action="store_true", help="what each source received, for fixtures")
+    dump.add_argument("--output", "-o", default="-", help="file to write (default stdout)")
+
+    commands.add_parser("metrics-table", help="print the metric table (Markdown) for the README")
+
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "metrics-table":
+        from hostcollector.exposition import metrics_table
+
+        sys.stdout.write(metrics_table())
+        return 0
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return _run(config)
+    return _dump(config, raw=args.raw, output=args.output)
+
+
+def _load(path: str | None) -> Config:
+    if path is None:
+        path = DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None
+    return load_config(path) if path else Config()
+
+
+def _check_config(path: str) -> int:
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    print(f"{path}: ok")
+    return 0
+
+
+def _setup_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.logging.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(config: Config) -> int:
+    from aiohttp import web
+
+    from hostcollector.app import build_app
+
+    _setup_logging(config)
+    log = logging.getLogger("hostcollector")
+    log.info(
+        "hostcollector %s listening on http://%s:%d/metrics, sources: %s",
+        __version__,
+        config.listen.address,
+        config.listen.port,
+        ", ".join(
+            name for name, enabled in (("libvirt", config.sources.libvirt.enabled),) if enabled
+        ),
+    )
+    web.run_app(
+        build_app(config),
+        host=config.listen.address,
+        port=config.listen.port,
+        print=None,
+        access_log=None,
+    )
+    return 0
+
+
+def _dump(config: Config, *, raw: bool, output: str) -> int:
+    from hostcollector.collector import Collector
+
+    _setup_logging(config)
+
+    async def once() -> Any:
+        collector = Collector(config, record_raw=raw)
+        try:
+            await collector.poll_all_once()
+        finally:
+            await collector.stop()
+        if raw:
+            return {
+                name: getattr(collector.latest.get(name), "raw", None) for name in collector.sources
+            } | {"sources": collector.build_snapshot().sources}
+        return collector.build_snapshot()
+
+    data = orjson.dumps(asyncio.run(once()), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    if output == "-":
+        sys.stdout.buffer.write(data + b"\n")
+    else:
+        Path(output).write_bytes(data + b"\n")
+    return 0

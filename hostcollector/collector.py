@@ -1,0 +1,101 @@
+"""Wires sources, pollers and attribution into the snapshot that every renderer reads.
+
+Data flows one way: a poller finishes -> its result replaces that source's last one -> a new
+snapshot is attributed and rendered once. Scrapes only read the rendered bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import platform
+import time
+from typing import Any
+
+from hostcollector import __version__
+from hostcollector.attribution import attribute_vms
+from hostcollector.config import Config
+from hostcollector.exposition import render
+from hostcollector.model import LibvirtSample, Snapshot
+from hostcollector.poller import Poller
+from hostcollector.sources import Source, build_sources
+from hostcollector.tenancy import compile_rules
+from hostcollector.tenant_map import TenantMapFile
+
+BUILD_LABELS = (("version", __version__), ("python_version", platform.python_version()))
+
+
+class Exposition:
+    """One snapshot's bytes: text rendered now, OpenMetrics and gzip bodies on first request."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self._bodies: dict[tuple[bool, bool], bytes] = {(False, False): render(snapshot)}
+
+    def body(self, *, openmetrics: bool, gzipped: bool) -> bytes:
+        key = (openmetrics, gzipped)
+        if key not in self._bodies:
+            plain = self._bodies.get((openmetrics, False))
+            if plain is None:
+                plain = self._bodies[(openmetrics, False)] = render(
+                    self.snapshot, openmetrics=openmetrics
+                )
+            if gzipped:
+                self._bodies[key] = gzip.compress(plain, compresslevel=1)
+        return self._bodies[key]
+
+
+class Collector:
+    def __init__(self, config: Config, *, record_raw: bool = False) -> None:
+        self.config = config
+        self.tenant_map = TenantMapFile(config.attribution.mapping_file)
+        self.sources: dict[str, Source] = build_sources(
+            config, compile_rules(config.attribution), record_raw=record_raw
+        )
+        self.pollers = {
+            name: Poller(name, source.poll, source.interval_seconds, self._on_result)
+            for name, source in self.sources.items()
+        }
+        self.latest: dict[str, Any] = {}
+        self.exposition = Exposition(self.build_snapshot())
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _on_result(self, name: str, result: Any) -> None:
+        # A failed poll drops that source's data rather than serve it as if it were fresh.
+        if result is None:
+            self.latest.pop(name, None)
+        else:
+            self.latest[name] = result
+        self.exposition = Exposition(self.build_snapshot())
+
+    def build_snapshot(self) -> Snapshot:
+        libvirt: LibvirtSample | None = self.latest.get("libvirt")
+        domains = libvirt.domains if libvirt else ()
+        claims = {
+            "metadata": libvirt.metadata_claims if libvirt else {},
+            "mapping_file": self.tenant_map.current(),
+        }
+        attribution = self.config.attribution
+        return Snapshot(
+            taken_at=time.time(),
+            vms=attribute_vms(domains, claims, attribution.order, attribution.info_labels),
+            sources=tuple(poller.status() for poller in self.pollers.values()),
+            tenant_map=self.tenant_map.status(),
+            build=BUILD_LABELS,
+        )
+
+    async def poll_all_once(self) -> None:
+        await asyncio.gather(*(poller.poll_once() for poller in self.pollers.values()))
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(poller.run(), name=f"poll-{name}")
+            for name, poller in self.pollers.items()
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for source in self.sources.values():
+            await source.close()

@@ -1,0 +1,296 @@
+"""Typed, frozen configuration loaded from one YAML file.
+
+The loader walks the dataclasses below, so the schema is written once: unknown keys, wrong types
+and bad values are all collected and reported together, each by its key path
+(`sources.libvirt.interval_seconds: expected a number, got 'fast'`). `check-config` runs exactly
+this loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hostcollector.errors import ConfigError
+
+# Stats groups of virConnectGetAllDomainStats, by the name `virsh domstats` uses.
+STATS_GROUPS = (
+    "state",
+    "cpu_total",
+    "balloon",
+    "vcpu",
+    "interface",
+    "block",
+    "perf",
+    "iothread",
+    "memory",
+    "dirtyrate",
+    "vm",
+)
+# Measured on the lab (shared/reference/domain.md): these six carry every metric hostcollector
+# exports and cost libvirtd ~1.8-2.4 ms CPU per domain together. perf, iothread, memory,
+# dirtyrate and vm are off: no metric reads them yet, and dirtyrate/iothread cost 24-32 ms per
+# 52 domains for nothing.
+DEFAULT_STATS_GROUPS = ("state", "cpu_total", "balloon", "vcpu", "interface", "block")
+
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Labels the VM series carry themselves, or that clash with Prometheus target labels.
+RESERVED_LABELS = frozenset(
+    {"vm_uuid", "tenant_id", "name", "tenant_source", "instance", "job", "host", "cluster"}
+)
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    address: str = "127.0.0.1"
+    port: int = 9730
+
+    def problems(self) -> list[str]:
+        return [] if 0 <= self.port <= 65535 else ["port: must be between 0 and 65535"]
+
+
+@dataclass(frozen=True)
+class LibvirtConfig:
+    enabled: bool = True
+    uri: str = "qemu:///system"
+    interval_seconds: float = 15.0
+    timeout_seconds: float = 10.0
+    stats_groups: tuple[str, ...] = DEFAULT_STATS_GROUPS
+    # VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT: skip domains whose job lock is busy instead of
+    # waiting up to 30 s for each.
+    nowait: bool = True
+    # Metadata is re-read on libvirt events; this is the safety net if an event was missed.
+    metadata_refresh_seconds: float = 600.0
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.interval_seconds <= 0:
+            found.append("interval_seconds: must be > 0")
+        if not 0 < self.timeout_seconds <= self.interval_seconds:
+            found.append("timeout_seconds: must be > 0 and at most interval_seconds")
+        for group in self.stats_groups:
+            if group not in STATS_GROUPS:
+                found.append(
+                    f"stats_groups: unknown group {group!r}; known: {', '.join(STATS_GROUPS)}"
+                )
+        if "state" not in self.stats_groups:
+            found.append("stats_groups: 'state' is required")
+        if self.metadata_refresh_seconds <= 0:
+            found.append("metadata_refresh_seconds: must be > 0")
+        return found
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
+
+
+@dataclass(frozen=True)
+class MetadataRuleConfig:
+    """Where one cloud writes the tenant into libvirt domain metadata.
+
+    Paths are relative to the metadata element of `namespace` (`owner/project/@uuid`): each step
+    is a child element by local name, and a last step `@attr` reads an attribute instead of the
+    element's text.
+    """
+
+    name: str
+    namespace: str
+    tenant: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        found = []
+        if not self.namespace:
+            found.append("namespace: must not be empty")
+        for label in self.labels:
+            if not LABEL_NAME.match(label):
+                found.append(f"labels.{label}: not a valid Prometheus label name")
+        return found
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    # Which sources of tenancy to ask, first answer wins.
+    order: tuple[Literal["metadata", "mapping_file"], ...] = ("metadata", "mapping_file")
+    # Nova's <nova:instance> in the 1.1 namespace (Wallaby on) and the 1.0 one (before).
+    builtin_nova: bool = True
+    metadata_rules: tuple[MetadataRuleConfig, ...] = ()
+    # JSON written by the control plane: {"<vm uuid>": "<tenant>" | {"tenant_id": ..., "labels": {...}}}
+    mapping_file: str | None = None
+    # Labels from metadata or the mapping file that may appear on hostcollector_vm_info; any
+    # other is dropped. Values are tenant-controlled text and are escaped.
+    info_labels: tuple[str, ...] = ("flavor", "project_name")
+
+    def problems(self) -> list[str]:
+        found = []
+        if not self.order:
+            found.append("order: must name at least one of metadata, mapping_file")
+        if len(set(self.order)) != len(self.order):
+            found.append("order: lists a source twice")
+        for label in self.info_labels:
+            if not LABEL_NAME.match(label):
+                found.append(f"info_labels: {label!r} is not a valid Prometheus label name")
+            elif label in RESERVED_LABELS:
+                found.append(f"info_labels: {label!r} is reserved")
+        names = [rule.name for rule in self.metadata_rules]
+        if len(set(names)) != len(names):
+            found.append("metadata_rules: rule names must be unique")
+        return found
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror}"], origin=str(path)) from exc
+    return parse_config(text, origin=str(path))
+
+
+def parse_config(text: str, origin: str = "config") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], origin=origin) from exc
+    if data is None:
+        data = {}
+    problems: list[str] = []
+    config = _build(Config, data, "", problems)
+    if problems:
+        raise ConfigError(problems, origin=origin)
+    assert isinstance(config, Config)
+    return config
+
+
+def _build(kind: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """Convert `value` to `kind`, appending a message per problem. Returns None when unusable."""
+    where = path or "(top level)"
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        return _build_dataclass(kind, value, path, problems)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _build(inner, value, path, problems)
+    if origin is Literal:
+        allowed = typing.get_args(kind)
+        if value in allowed:
+            return value
+        problems.append(f"{where}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+        return None
+    if origin is tuple:
+        inner = typing.get_args(kind)[0]
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list, got {_describe(value)}")
+            return None
+        return tuple(_build(inner, item, f"{path}[{i}]", problems) for i, item in enumerate(value))
+    if origin is dict:
+        key_kind, value_kind = typing.get_args(kind)
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping, got {_describe(value)}")
+            return None
+        return {
+            _build(key_kind, k, f"{path}", problems): _build(value_kind, v, f"{path}.{k}", problems)
+            for k, v in value.items()
+        }
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{where}: expected true or false, got {_describe(value)}")
+        return None
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{where}: expected an integer, got {_describe(value)}")
+        return None
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{where}: expected a number, got {_describe(value)}")
+        return None
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        problems.append(f"{where}: expected a string, got {_describe(value)}")
+        return None
+    raise TypeError(f"config schema uses an unsupported type {kind!r} at {where}")
+
+
+def _build_dataclass(kind: Any, value: Any, path: str, problems: list[str]) -> Any:
+    where = path or "(top level)"
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        problems.append(f"{where}: expected a mapping, got {_describe(value)}")
+        return None
+    hints = typing.get_type_hints(kind)
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    prefix = f"{path}." if path else ""
+    for key in value:
+        if key not in fields:
+            suggestion = _closest(str(key), fields)
+            hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
+            problems.append(f"{prefix}{key}: unknown key{hint}")
+    before = len(problems)
+    kwargs = {}
+    for name, spec in fields.items():
+        if name in value:
+            kwargs[name] = _build(hints[name], value[name], prefix + name, problems)
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            problems.append(f"{prefix}{name}: required")
+    if len(problems) > before:
+        return None
+    instance = kind(**kwargs)
+    check = getattr(instance, "problems", None)
+    if check is not None:
+        problems.extend(f"{prefix}{problem}" for problem in check())
+    return instance
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _closest(key: str, known: typing.Iterable[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.7)
+    return matches[0] if matches else None
+
+
+def config_to_dict(config: Any) -> Any:
+    """The config as plain data (tuples as lists), e.g. to compare with the example file."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, tuple | list):
+        return [config_to_dict(item) for item in config]
+    if isinstance(config, dict):
+        return {k: config_to_dict(v) for k, v in config.items()}
+    return config

@@ -1,0 +1,31 @@
+"""The exception tree: what is fatal at start, what costs one poll, what is no failure at all."""
+
+
+class HostCollectorError(Exception):
+    """Base of every error hostcollector raises on purpose."""
+
+
+class ConfigError(HostCollectorError):
+    """The configuration is unusable. Fatal at start; lists every problem by key path."""
+
+    def __init__(self, problems: list[str], origin: str = "config") -> None:
+        self.problems = problems
+        self.origin = origin
+        super().__init__(f"{origin}: " + "; ".join(problems))
+
+    def render(self) -> str:
+        lines = [f"{self.origin}: {len(self.problems)} problem(s)"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+class SourceError(HostCollectorError):
+    """This poll of one source failed; the source is marked down and the daemon carries on.
+
+    `reason` is a short, stable identifier (a label value in self-metrics), the message says what
+    happened for the log.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)

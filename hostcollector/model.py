@@ -1,0 +1,144 @@
+"""Records that flow from sources to renderers, in base units (seconds, bytes).
+
+Imports nothing from the package: sources build these, attribution joins them, renderers read them.
+A field is None when the source did not report it (not supported, or not collected), which the
+renderers turn into an absent series, never a zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuStats:
+    index: int
+    state: int | None = None
+    time_seconds: float | None = None
+    wait_seconds: float | None = None
+    delay_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryStats:
+    current_bytes: int | None = None
+    maximum_bytes: int | None = None
+    rss_bytes: int | None = None
+    # Guest-side fields: only with <memballoon><stats period/> and a balloon driver in the guest.
+    usable_bytes: int | None = None
+    available_bytes: int | None = None
+    unused_bytes: int | None = None
+    disk_caches_bytes: int | None = None
+    swap_in_bytes: int | None = None
+    swap_out_bytes: int | None = None
+    major_faults: int | None = None
+    minor_faults: int | None = None
+    guest_stats_timestamp_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStats:
+    device: str
+    path: str | None = None
+    read_requests: int | None = None
+    read_bytes: int | None = None
+    read_time_seconds: float | None = None
+    write_requests: int | None = None
+    write_bytes: int | None = None
+    write_time_seconds: float | None = None
+    flush_requests: int | None = None
+    flush_time_seconds: float | None = None
+    capacity_bytes: int | None = None
+    allocation_bytes: int | None = None
+    physical_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceStats:
+    device: str
+    receive_bytes: int | None = None
+    receive_packets: int | None = None
+    receive_errors: int | None = None
+    receive_drop: int | None = None
+    transmit_bytes: int | None = None
+    transmit_packets: int | None = None
+    transmit_errors: int | None = None
+    transmit_drop: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DomainStats:
+    uuid: str
+    name: str
+    state: int | None = None
+    state_reason: int | None = None
+    cpu_time_seconds: float | None = None
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    vcpu_current: int | None = None
+    vcpu_maximum: int | None = None
+    vcpus: tuple[VcpuStats, ...] = ()
+    memory: MemoryStats = field(default_factory=MemoryStats)
+    blocks: tuple[BlockStats, ...] = ()
+    interfaces: tuple[InterfaceStats, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantClaim:
+    """What one source of tenancy says about one VM."""
+
+    tenant_id: str
+    source: str  # "metadata:<rule name>" or "mapping_file"
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AttributedVM:
+    stats: DomainStats
+    tenant_id: str  # "" when no source of tenancy knows the VM
+    tenant_source: str  # "" when unattributed
+    info_labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LibvirtSample:
+    """One poll of the libvirt source: per-domain stats and what its metadata says of tenancy."""
+
+    domains: tuple[DomainStats, ...]
+    metadata_claims: dict[str, TenantClaim | None]
+    # What libvirt returned, when recording (`dump --raw`): per domain uuid, name, stats, metadata.
+    raw: tuple[dict[str, object], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    name: str
+    up: bool
+    polls_total: int
+    errors_total: int
+    last_duration_seconds: float | None
+    last_success_timestamp_seconds: float | None
+    last_error: str | None
+    errors_by_reason: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantMapStatus:
+    configured: bool
+    entries: int = 0
+    loaded: bool = False
+    reloads_total: int = 0
+    errors_total: int = 0
+    last_reload_success_timestamp_seconds: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one exposition shows; built after each poll, read by every renderer."""
+
+    taken_at: float
+    vms: tuple[AttributedVM, ...]
+    sources: tuple[SourceStatus, ...]
+    tenant_map: TenantMapStatus
+    build: tuple[tuple[str, str], ...] = ()

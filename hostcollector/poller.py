@@ -1,0 +1,100 @@
+"""One task per source: poll on a fixed schedule, never overlapping, keep the up/down state.
+
+A poll that fails marks the source down (one log line on the change, not one per poll); the
+daemon and every other source carry on. A poll that takes longer than the interval skips the
+ticks it overran instead of queueing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from hostcollector.errors import SourceError
+from hostcollector.model import SourceStatus
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Poller(Generic[T]):
+    def __init__(
+        self,
+        name: str,
+        poll: Callable[[], Awaitable[T]],
+        interval_seconds: float,
+        on_result: Callable[[str, T | None], None],
+    ) -> None:
+        self.name = name
+        self._poll = poll
+        self._interval = interval_seconds
+        self._on_result = on_result
+        self._up: bool | None = None  # None until the first poll ends
+        self._polls = 0
+        self._errors: Counter[str] = Counter()
+        self._last_duration: float | None = None
+        self._last_success: float | None = None
+        self._last_error: str | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while True:
+            await self.poll_once()
+            next_tick += self._interval
+            now = loop.time()
+            if next_tick < now:
+                missed = int((now - next_tick) // self._interval) + 1
+                log.warning(
+                    "%s: poll took longer than the %g s interval; skipping %d tick(s)",
+                    self.name,
+                    self._interval,
+                    missed,
+                )
+                next_tick += missed * self._interval
+            await asyncio.sleep(next_tick - now)
+
+    async def poll_once(self) -> T | None:
+        started = time.monotonic()
+        result: T | None = None
+        try:
+            result = await self._poll()
+        except SourceError as exc:
+            self._failed(exc.reason, str(exc))
+        except Exception as exc:  # a bug in one source must not stop the daemon
+            log.exception("%s: unexpected error while polling", self.name)
+            self._failed("internal", f"{type(exc).__name__}: {exc}")
+        else:
+            if self._up is False:
+                log.info("%s: source is up again", self.name)
+            self._up = True
+            self._last_error = None
+            self._last_success = time.time()
+        self._polls += 1
+        self._last_duration = time.monotonic() - started
+        self._on_result(self.name, result)
+        return result
+
+    def _failed(self, reason: str, message: str) -> None:
+        self._errors[reason] += 1
+        if self._up is not False or message != self._last_error:
+            log.warning("%s: source is down: %s", self.name, message)
+        self._up = False
+        self._last_error = message
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(
+            name=self.name,
+            up=bool(self._up),
+            polls_total=self._polls,
+            errors_total=sum(self._errors.values()),
+            last_duration_seconds=self._last_duration,
+            last_success_timestamp_seconds=self._last_success,
+            last_error=self._last_error,
+            errors_by_reason=tuple(sorted(self._errors.items())),
+        )

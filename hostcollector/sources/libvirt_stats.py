@@ -1,0 +1,146 @@
+"""Typed parameters of virConnectGetAllDomainStats -> DomainStats, in base units. Pure.
+
+Field quirks (shared/reference/domain.md): cpu.* and vcpu.N.* and block.N.*.times are
+nanoseconds; balloon.* sizes are KiB; vcpu.N.wait is host scheduler wait (not guest I/O wait),
+vcpu.N.delay is run-queue delay, i.e. steal. Every field is optional: a domain whose job lock was
+busy (NOWAIT) or that is shut off comes back with fields missing, and missing stays None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hostcollector.model import BlockStats, DomainStats, InterfaceStats, MemoryStats, VcpuStats
+
+NS_PER_SECOND = 1e9
+KIB = 1024
+
+
+def _int(raw: Mapping[str, Any], key: str, scale: int = 1) -> int | None:
+    value = raw.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value * scale
+    return None
+
+
+def _seconds(raw: Mapping[str, Any], key: str) -> float | None:
+    value = raw.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value / NS_PER_SECOND
+    return None
+
+
+def _str(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    return value if isinstance(value, str) else None
+
+
+def parse_domain_stats(uuid: str, name: str, raw: Mapping[str, Any]) -> DomainStats:
+    return DomainStats(
+        uuid=uuid,
+        name=name,
+        state=_int(raw, "state.state"),
+        state_reason=_int(raw, "state.reason"),
+        cpu_time_seconds=_seconds(raw, "cpu.time"),
+        cpu_user_seconds=_seconds(raw, "cpu.user"),
+        cpu_system_seconds=_seconds(raw, "cpu.system"),
+        vcpu_current=_int(raw, "vcpu.current"),
+        vcpu_maximum=_int(raw, "vcpu.maximum"),
+        vcpus=_vcpus(raw),
+        memory=_memory(raw),
+        blocks=_blocks(raw),
+        interfaces=_interfaces(raw),
+    )
+
+
+def _vcpus(raw: Mapping[str, Any]) -> tuple[VcpuStats, ...]:
+    # vcpu.N.* exists for N below vcpu.maximum; offline vCPUs have only a state.
+    count = _int(raw, "vcpu.maximum") or 0
+    vcpus = []
+    for index in range(count):
+        prefix = f"vcpu.{index}."
+        if prefix + "state" not in raw and prefix + "time" not in raw:
+            continue
+        vcpus.append(
+            VcpuStats(
+                index=index,
+                state=_int(raw, prefix + "state"),
+                time_seconds=_seconds(raw, prefix + "time"),
+                wait_seconds=_seconds(raw, prefix + "wait"),
+                delay_seconds=_seconds(raw, prefix + "delay"),
+            )
+        )
+    return tuple(vcpus)
+
+
+def _memory(raw: Mapping[str, Any]) -> MemoryStats:
+    return MemoryStats(
+        current_bytes=_int(raw, "balloon.current", KIB),
+        maximum_bytes=_int(raw, "balloon.maximum", KIB),
+        rss_bytes=_int(raw, "balloon.rss", KIB),
+        usable_bytes=_int(raw, "balloon.usable", KIB),
+        available_bytes=_int(raw, "balloon.available", KIB),
+        unused_bytes=_int(raw, "balloon.unused", KIB),
+        disk_caches_bytes=_int(raw, "balloon.disk_caches", KIB),
+        swap_in_bytes=_int(raw, "balloon.swap_in", KIB),
+        swap_out_bytes=_int(raw, "balloon.swap_out", KIB),
+        major_faults=_int(raw, "balloon.major_fault"),
+        minor_faults=_int(raw, "balloon.minor_fault"),
+        guest_stats_timestamp_seconds=_int(raw, "balloon.last-update"),
+    )
+
+
+def _blocks(raw: Mapping[str, Any]) -> tuple[BlockStats, ...]:
+    blocks = []
+    seen: set[str] = set()
+    for index in range(_int(raw, "block.count") or 0):
+        prefix = f"block.{index}."
+        device = _str(raw, prefix + "name")
+        # With backing chains (not requested) a device repeats; one series per device only.
+        if device is None or device in seen:
+            continue
+        seen.add(device)
+        blocks.append(
+            BlockStats(
+                device=device,
+                path=_str(raw, prefix + "path"),
+                read_requests=_int(raw, prefix + "rd.reqs"),
+                read_bytes=_int(raw, prefix + "rd.bytes"),
+                read_time_seconds=_seconds(raw, prefix + "rd.times"),
+                write_requests=_int(raw, prefix + "wr.reqs"),
+                write_bytes=_int(raw, prefix + "wr.bytes"),
+                write_time_seconds=_seconds(raw, prefix + "wr.times"),
+                flush_requests=_int(raw, prefix + "fl.reqs"),
+                flush_time_seconds=_seconds(raw, prefix + "fl.times"),
+                capacity_bytes=_int(raw, prefix + "capacity"),
+                allocation_bytes=_int(raw, prefix + "allocation"),
+                physical_bytes=_int(raw, prefix + "physical"),
+            )
+        )
+    return tuple(blocks)
+
+
+def _interfaces(raw: Mapping[str, Any]) -> tuple[InterfaceStats, ...]:
+    interfaces = []
+    seen: set[str] = set()
+    for index in range(_int(raw, "net.count") or 0):
+        prefix = f"net.{index}."
+        device = _str(raw, prefix + "name")
+        if device is None or device in seen:
+            continue
+        seen.add(device)
+        interfaces.append(
+            InterfaceStats(
+                device=device,
+                receive_bytes=_int(raw, prefix + "rx.bytes"),
+                receive_packets=_int(raw, prefix + "rx.pkts"),
+                receive_errors=_int(raw, prefix + "rx.errs"),
+                receive_drop=_int(raw, prefix + "rx.drop"),
+                transmit_bytes=_int(raw, prefix + "tx.bytes"),
+                transmit_packets=_int(raw, prefix + "tx.pkts"),
+                transmit_errors=_int(raw, prefix + "tx.errs"),
+                transmit_drop=_int(raw, prefix + "tx.drop"),
+            )
+        )
+    return tuple(interfaces)
