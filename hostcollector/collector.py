@@ -46,12 +46,20 @@ class Exposition:
 
 
 class Collector:
-    def __init__(self, config: Config, *, record_raw: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        record_raw: bool = False,
+        sources: dict[str, Source] | None = None,
+    ) -> None:
+        """`sources` replaces the configured ones (tests replay recordings through it)."""
         self.config = config
         self.tenant_map = TenantMapFile(config.attribution.mapping_file)
-        self.sources: dict[str, Source] = build_sources(
-            config, compile_rules(config.attribution), record_raw=record_raw
-        )
+        if sources is None:
+            rules = compile_rules(config.attribution)
+            sources = build_sources(config, rules, record_raw=record_raw)
+        self.sources = sources
         self.pollers = {
             name: Poller(name, source.poll, source.interval_seconds, self._on_result)
             for name, source in self.sources.items()

@@ -1,0 +1,41 @@
+"""Snapshots built from recorded lab data through the real parsing and attribution code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hostcollector.attribution import attribute_vms
+from hostcollector.config import AttributionConfig, MetadataRuleConfig
+from hostcollector.model import DomainStats, Snapshot, SourceStatus, TenantMapStatus
+from hostcollector.sources.libvirt_stats import parse_domain_stats
+from hostcollector.tenancy import compile_rules, parse_tenant
+from tests.conftest import load_raw
+
+LAB_ATTRIBUTION = AttributionConfig(
+    metadata_rules=(
+        MetadataRuleConfig(
+            "tenancy", "https://cloud.example.com/xmlns/tenancy/1", "tenant/@id", {"tier": "tier"}
+        ),
+    ),
+    info_labels=("flavor", "project_name", "tier"),
+)
+SOURCE_UP = SourceStatus("libvirt", True, 3, 1, 0.25, 1795929818.5, None, (("timeout", 1),))
+
+
+def snapshot_from_raw(
+    raw: list[dict[str, Any]] | None = None,
+    attribution: AttributionConfig = LAB_ATTRIBUTION,
+    extra_domains: tuple[DomainStats, ...] = (),
+) -> Snapshot:
+    raw = load_raw() if raw is None else raw
+    rules = compile_rules(attribution)
+    domains = [parse_domain_stats(e["uuid"], e["name"], e["stats"]) for e in raw]
+    domains += extra_domains
+    claims = {"metadata": {e["uuid"]: parse_tenant(e["metadata"], rules) for e in raw}}
+    return Snapshot(
+        taken_at=1795929820.0,
+        vms=attribute_vms(domains, claims, attribution.order, attribution.info_labels),
+        sources=(SOURCE_UP,),
+        tenant_map=TenantMapStatus(configured=False),
+        build=(("version", "0.1.0"), ("python_version", "3.11.7")),
+    )

@@ -1,0 +1,138 @@
+"""The HTTP server: scrapes read the pre-rendered snapshot and never reach a source."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from hostcollector.app import build_app, wants_gzip, wants_openmetrics
+from hostcollector.collector import Collector
+from hostcollector.config import Config
+from hostcollector.errors import SourceError
+from hostcollector.model import LibvirtSample
+from hostcollector.sources.libvirt_stats import parse_domain_stats
+from hostcollector.tenancy import compile_rules, parse_tenant
+from tests.conftest import load_raw
+from tests.snapshots import LAB_ATTRIBUTION
+
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+class RecordedLibvirt:
+    """A Source that replays a lab recording through the real parsing code, counting polls."""
+
+    name = "libvirt"
+    interval_seconds = 3600.0
+
+    def __init__(self, fail: bool = False) -> None:
+        self.polls = 0
+        self.fail = fail
+        raw = load_raw()
+        rules = compile_rules(LAB_ATTRIBUTION)
+        self.sample = LibvirtSample(
+            tuple(parse_domain_stats(e["uuid"], e["name"], e["stats"]) for e in raw),
+            {e["uuid"]: parse_tenant(e["metadata"], rules) for e in raw},
+        )
+
+    async def poll(self) -> LibvirtSample:
+        self.polls += 1
+        if self.fail:
+            raise SourceError("connect", "cannot connect to qemu:///system")
+        return self.sample
+
+    async def close(self) -> None:
+        pass
+
+
+def with_client(source: RecordedLibvirt, test: Callable[[TestClient[Any, Any]], Awaitable[None]]) -> None:
+    config = Config(attribution=LAB_ATTRIBUTION)
+
+    async def go() -> None:
+        collector = Collector(config, sources={"libvirt": source})
+        async with TestClient(TestServer(build_app(config, collector))) as client:
+            await asyncio.sleep(0)  # let the first poll run
+            for _ in range(50):
+                if source.polls:
+                    break
+                await asyncio.sleep(0.01)
+            await test(client)
+
+    asyncio.run(go())
+
+
+def test_metrics_serves_the_snapshot_and_scrapes_cost_the_source_nothing() -> None:
+    source = RecordedLibvirt()
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        assert source.polls == 1
+        bodies = []
+        for _ in range(100):
+            response = await client.get("/metrics")
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+            bodies.append(await response.read())
+        assert source.polls == 1
+        assert len(set(bodies)) == 1
+        text = bodies[0].decode()
+        names = {s.name for f in parse_text(text) for s in f.samples}
+        assert "hostcollector_vm_cpu_time_seconds_total" in names
+
+    with_client(source, check)
+
+
+def test_openmetrics_and_gzip_on_request() -> None:
+    async def check(client: TestClient[Any, Any]) -> None:
+        response = await client.get(
+            "/metrics", headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}, auto_decompress=False
+        )
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert response.headers["Content-Encoding"] == "gzip"
+        text = gzip.decompress(await response.read()).decode()
+        assert text.endswith("# EOF\n")
+        assert any(f.name == "hostcollector_vm_cpu_time_seconds" for f in parse_om(text))
+
+    with_client(RecordedLibvirt(), check)
+
+
+def test_source_down_is_reported_not_a_failed_scrape() -> None:
+    async def check(client: TestClient[Any, Any]) -> None:
+        response = await client.get("/metrics")
+        assert response.status == 200
+        text = (await response.text())
+        up = [s for f in parse_text(text) for s in f.samples if s.name == "hostcollector_source_up"]
+        assert [(s.labels, s.value) for s in up] == [({"source": "libvirt"}, 0.0)]
+        errors = [s for f in parse_text(text) for s in f.samples if s.name == "hostcollector_source_poll_errors_total"]
+        assert [(s.labels["reason"], s.value) for s in errors] == [("connect", 1.0)]
+        assert (await client.get("/healthz")).status == 200
+        landing = await (await client.get("/")).text()
+        assert "cannot connect to qemu:///system" in landing
+
+    with_client(RecordedLibvirt(fail=True), check)
+
+
+def test_health_and_landing() -> None:
+    async def check(client: TestClient[Any, Any]) -> None:
+        for path in ("/healthz", "/-/healthy"):
+            response = await client.get(path)
+            assert response.status == 200 and await response.text() == "ok\n"
+        landing = await (await client.get("/")).text()
+        assert "4 VMs" in landing and "/metrics" in landing
+        assert (await client.get("/nope")).status == 404
+
+    with_client(RecordedLibvirt(), check)
+
+
+def test_negotiation_helpers() -> None:
+    assert wants_openmetrics(PROMETHEUS_ACCEPT)
+    assert not wants_openmetrics("text/plain;version=0.0.4")
+    assert wants_gzip("gzip, deflate") and wants_gzip("br;q=1.0, gzip;q=0.8")
+    assert not wants_gzip("") and not wants_gzip("gzipx")
