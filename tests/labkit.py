@@ -1,0 +1,238 @@
+"""Helpers for tests against the real lab hypervisor (tests/lab/up.sh): virsh, a daemon, scrapes."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+LAB_DIR = Path(__file__).parent / "lab"
+URI = "qemu:///system"
+
+_spec = importlib.util.spec_from_file_location("domxml", LAB_DIR / "domxml.py")
+assert _spec and _spec.loader
+domxml: Any = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(domxml)
+
+LAB_VMS: list[dict[str, Any]] = domxml.LAB_VMS
+ACME = "6f1c3b2a8d9e4f7a9b0c1d2e3f4a5b6c"
+GLOBEX = "0b7e5d4c3a2f41e8b9c7d6e5f4a3b2c1"
+
+
+def virsh(*args: str, check: bool = True) -> str:
+    result = subprocess.run(
+        ["virsh", "-c", URI, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"virsh {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def domstats(name: str) -> dict[str, int | str]:
+    """`virsh domstats` of one domain, typed like the bulk API returns it."""
+    stats: dict[str, int | str] = {}
+    for line in virsh("-r", "domstats", name).splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep:
+            stats[key] = int(value) if value.lstrip("-").isdigit() else value
+    return stats
+
+
+def require_lab() -> None:
+    """Skip without the lab; fail instead where CI says the lab must be there."""
+    required = os.environ.get("HOSTCOLLECTOR_LAB") == "required"
+    problem = None
+    if shutil.which("virsh") is None:
+        problem = "virsh is not installed"
+    else:
+        try:
+            running = set(virsh("-r", "list", "--name").split())
+        except (AssertionError, subprocess.TimeoutExpired) as exc:
+            problem = f"libvirtd does not answer: {exc}"
+        else:
+            missing = {vm["name"] for vm in LAB_VMS} - running
+            if missing:
+                problem = f"lab VMs not running: {sorted(missing)} (run tests/lab/up.sh)"
+    if problem:
+        if required:
+            pytest.fail(f"the lab is required here but {problem}")
+        pytest.skip(problem)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def pick(samples: Samples, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    wanted = set(labels.items())
+    return [
+        (dict(key_labels), value)
+        for (key_name, key_labels), value in samples.items()
+        if key_name == name and wanted <= key_labels
+    ]
+
+
+def one(samples: Samples, name: str, **labels: str) -> float:
+    found = pick(samples, name, **labels)
+    assert len(found) == 1, f"{name}{labels}: expected one series, found {found}"
+    return found[0][1]
+
+
+@dataclass
+class Daemon:
+    url: str
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    interval: float
+
+    def get(self, path: str = "/metrics", timeout: float = 5) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            body: bytes = response.read()
+            return body
+
+    def scrape(self) -> Samples:
+        return parse(self.get().decode())
+
+    def snapshot_time(self) -> float:
+        return one(self.scrape(), "hostcollector_snapshot_timestamp_seconds")
+
+    def wait_polls(self, count: int) -> Samples:
+        """Return the first scrape after `count` more libvirt polls have completed.
+
+        Counting polls, not seconds, keeps "within N intervals" checks honest on a busy machine.
+        """
+        start = one(self.scrape(), "hostcollector_source_polls_total", source="libvirt")
+        deadline = time.monotonic() + count * self.interval * 10 + 30
+        while time.monotonic() < deadline:
+            samples = self.scrape()
+            if one(samples, "hostcollector_source_polls_total", source="libvirt") >= start + count:
+                return samples
+            time.sleep(self.interval / 10)
+        raise AssertionError(f"fewer than {count} polls completed in time")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def run_daemon(tmp: Path, interval: float = 2.0, **attribution: Any) -> Iterator[Daemon]:
+    port = free_port()
+    config = {
+        "listen": {"address": "127.0.0.1", "port": port},
+        "sources": {"libvirt": {"interval_seconds": interval, "timeout_seconds": interval * 0.8}},
+        "attribution": {
+            "metadata_rules": [
+                {
+                    "name": "tenancy",
+                    "namespace": domxml.TENANCY_NS,
+                    "tenant": "tenant/@id",
+                    "labels": {"tier": "tier"},
+                }
+            ],
+            "info_labels": ["flavor", "project_name", "tier"],
+            **attribution,
+        },
+        "logging": {"level": "info"},
+    }
+    config_path = tmp / "hostcollector.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp / "hostcollector.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hostcollector", "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    daemon = Daemon(f"http://127.0.0.1:{port}", config_path, log_path, process, interval)
+    try:
+        wait_until(lambda: _first_poll_done(daemon), 30, "the daemon to serve its first poll")
+        yield daemon
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _first_poll_done(daemon: Daemon) -> bool:
+    if daemon.process.poll() is not None:
+        raise AssertionError(f"daemon exited {daemon.process.returncode}:\n{daemon.log()}")
+    try:
+        samples = daemon.scrape()
+    except OSError:
+        return False
+    return bool(pick(samples, "hostcollector_source_polls_total")) and one(
+        samples, "hostcollector_source_polls_total", source="libvirt"
+    ) >= 1
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def scratch_vm(name: str, uuid: str, style: str, **tenant: str) -> Iterator[str]:
+    """A transient, paused, OS-less domain: a real QEMU process, cheap to start."""
+    disk = f"{domxml.DISK_DIR}/{name}.qcow2"
+    domxml.make_disk(disk)
+    xml = domxml.domain_xml(
+        name, uuid, tenant_style=style, ip=None, mac=domxml.scratch_mac(name),
+        disk_path=disk, paused_noos=True, **_tenant_defaults(name, style, tenant),
+    )
+    xml_path = Path(disk).with_suffix(".xml")
+    xml_path.write_text(xml)
+    virsh("create", "--paused", str(xml_path))
+    try:
+        yield uuid
+    finally:
+        virsh("destroy", name, check=False)
+        Path(disk).unlink(missing_ok=True)
+        xml_path.unlink(missing_ok=True)
+
+
+def _tenant_defaults(name: str, style: str, tenant: dict[str, str]) -> dict[str, str]:
+    if style in ("nova11", "nova10"):
+        base = {"display_name": name, "project_name": "scratch", "user_id": "0" * 32,
+                "user_name": "scratch", "flavor": "m1.tiny"}
+        return base | tenant
+    if style == "custom":
+        return {"tier": "bronze"} | tenant
+    return tenant
