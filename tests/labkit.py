@@ -193,9 +193,10 @@ def _first_poll_done(daemon: Daemon) -> bool:
         samples = daemon.scrape()
     except OSError:
         return False
-    return bool(pick(samples, "hostcollector_source_polls_total")) and one(
-        samples, "hostcollector_source_polls_total", source="libvirt"
-    ) >= 1
+    return (
+        bool(pick(samples, "hostcollector_source_polls_total"))
+        and one(samples, "hostcollector_source_polls_total", source="libvirt") >= 1
+    )
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
@@ -214,8 +215,14 @@ def scratch_vm(name: str, uuid: str, style: str, **tenant: str) -> Iterator[str]
     disk = f"{domxml.DISK_DIR}/{name}.qcow2"
     domxml.make_disk(disk)
     xml = domxml.domain_xml(
-        name, uuid, tenant_style=style, ip=None, mac=domxml.scratch_mac(name),
-        disk_path=disk, paused_noos=True, **_tenant_defaults(name, style, tenant),
+        name,
+        uuid,
+        tenant_style=style,
+        ip=None,
+        mac=domxml.scratch_mac(name),
+        disk_path=disk,
+        paused_noos=True,
+        **_tenant_defaults(name, style, tenant),
     )
     xml_path = Path(disk).with_suffix(".xml")
     xml_path.write_text(xml)
@@ -230,8 +237,13 @@ def scratch_vm(name: str, uuid: str, style: str, **tenant: str) -> Iterator[str]
 
 def _tenant_defaults(name: str, style: str, tenant: dict[str, str]) -> dict[str, str]:
     if style in ("nova11", "nova10"):
-        base = {"display_name": name, "project_name": "scratch", "user_id": "0" * 32,
-                "user_name": "scratch", "flavor": "m1.tiny"}
+        base = {
+            "display_name": name,
+            "project_name": "scratch",
+            "user_id": "0" * 32,
+            "user_name": "scratch",
+            "flavor": "m1.tiny",
+        }
         return base | tenant
     if style == "custom":
         return {"tier": "bronze"} | tenant

@@ -30,7 +30,10 @@ def test_example_config_shows_every_option_with_its_default() -> None:
 
 def test_lab_config_is_valid() -> None:
     config = load_config(REPO / "conf" / "lab.yml")
-    assert config.attribution.metadata_rules[0].namespace == "https://cloud.example.com/xmlns/tenancy/1"
+    assert (
+        config.attribution.metadata_rules[0].namespace
+        == "https://cloud.example.com/xmlns/tenancy/1"
+    )
 
 
 def test_misspelled_key_is_rejected_with_its_path_and_a_suggestion() -> None:

@@ -21,10 +21,7 @@ REPO = Path(__file__).parent.parent
 
 def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return [
-        (s.labels, s.value)
-        for family in parse_text(text)
-        for s in family.samples
-        if s.name == name
+        (s.labels, s.value) for family in parse_text(text) for s in family.samples if s.name == name
     ]
 
 
@@ -40,7 +37,10 @@ def test_golden_exposition() -> None:
 def test_every_vm_series_carries_uuid_and_tenant() -> None:
     text = render(snapshot_from_raw()).decode()
     vm_series = [
-        s for family in parse_text(text) for s in family.samples if s.name.startswith("hostcollector_vm_")
+        s
+        for family in parse_text(text)
+        for s in family.samples
+        if s.name.startswith("hostcollector_vm_")
     ]
     assert len(vm_series) > 100
     assert all("vm_uuid" in s.labels and "tenant_id" in s.labels for s in vm_series)
@@ -73,7 +73,9 @@ def test_info_and_self_metrics() -> None:
 def test_absent_fields_are_absent_series_not_zeros() -> None:
     bare = DomainStats("e0e0e0e0-0000-4000-8000-000000000009", "shut-off", state=5, state_reason=1)
     text = render(snapshot_from_raw(extra_domains=(bare,))).decode()
-    uuids = {labels["vm_uuid"] for labels, _ in samples(text, "hostcollector_vm_cpu_time_seconds_total")}
+    uuids = {
+        labels["vm_uuid"] for labels, _ in samples(text, "hostcollector_vm_cpu_time_seconds_total")
+    }
     assert bare.uuid not in uuids
     assert (
         {"vm_uuid": bare.uuid, "tenant_id": ""},
@@ -103,7 +105,12 @@ def test_hostile_vm_names_cannot_break_or_forge(name: str) -> None:
     for openmetrics, parser in ((False, parse_text), (True, parse_om)):
         text = render(snapshot, openmetrics=openmetrics).decode()
         families = list(parser(text))
-        names = [s.labels.get("name") for f in families for s in f.samples if s.name == "hostcollector_vm_info"]
+        names = [
+            s.labels.get("name")
+            for f in families
+            for s in f.samples
+            if s.name == "hostcollector_vm_info"
+        ]
         assert name in names
         forged = [s for f in families for s in f.samples if s.labels.get("vm_uuid") == "forged"]
         assert forged == []
@@ -120,7 +127,9 @@ def test_openmetrics_is_valid_and_carries_the_same_samples() -> None:
     snapshot = snapshot_from_raw()
     om = render(snapshot, openmetrics=True).decode()
     assert om.endswith("# EOF\n")
-    om_samples = {(s.name, tuple(sorted(s.labels.items())), s.value) for f in parse_om(om) for s in f.samples}
+    om_samples = {
+        (s.name, tuple(sorted(s.labels.items())), s.value) for f in parse_om(om) for s in f.samples
+    }
     text_samples = {
         (s.name, tuple(sorted(s.labels.items())), s.value)
         for f in parse_text(render(snapshot).decode())
@@ -140,14 +149,20 @@ def test_names_follow_prometheus_conventions() -> None:
         assert not {"instance", "job", "host"} & set(family.labels)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None and not os.environ.get("CI"), reason="promtool not installed")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None and not os.environ.get("CI"), reason="promtool not installed"
+)
 def test_promtool_finds_nothing_to_complain_about() -> None:
     body = render(snapshot_from_raw())
-    result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, check=False)
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, check=False
+    )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout == b"" and result.stderr == b""
 
 
 def test_readme_metric_table_is_current() -> None:
     readme = (REPO / "README.md").read_text()
-    assert metrics_table() in readme, "run `hostcollector metrics-table` and paste it into README.md"
+    assert metrics_table() in readme, (
+        "run `hostcollector metrics-table` and paste it into README.md"
+    )

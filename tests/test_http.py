@@ -53,7 +53,9 @@ class RecordedLibvirt:
         pass
 
 
-def with_client(source: RecordedLibvirt, test: Callable[[TestClient[Any, Any]], Awaitable[None]]) -> None:
+def with_client(
+    source: RecordedLibvirt, test: Callable[[TestClient[Any, Any]], Awaitable[None]]
+) -> None:
     config = Config(attribution=LAB_ATTRIBUTION)
 
     async def go() -> None:
@@ -92,9 +94,13 @@ def test_metrics_serves_the_snapshot_and_scrapes_cost_the_source_nothing() -> No
 def test_openmetrics_and_gzip_on_request() -> None:
     async def check(client: TestClient[Any, Any]) -> None:
         response = await client.get(
-            "/metrics", headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}, auto_decompress=False
+            "/metrics",
+            headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"},
+            auto_decompress=False,
         )
-        assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert response.headers["Content-Type"].startswith(
+            "application/openmetrics-text; version=1.0.0"
+        )
         assert response.headers["Content-Encoding"] == "gzip"
         text = gzip.decompress(await response.read()).decode()
         assert text.endswith("# EOF\n")
@@ -107,10 +113,15 @@ def test_source_down_is_reported_not_a_failed_scrape() -> None:
     async def check(client: TestClient[Any, Any]) -> None:
         response = await client.get("/metrics")
         assert response.status == 200
-        text = (await response.text())
+        text = await response.text()
         up = [s for f in parse_text(text) for s in f.samples if s.name == "hostcollector_source_up"]
         assert [(s.labels, s.value) for s in up] == [({"source": "libvirt"}, 0.0)]
-        errors = [s for f in parse_text(text) for s in f.samples if s.name == "hostcollector_source_poll_errors_total"]
+        errors = [
+            s
+            for f in parse_text(text)
+            for s in f.samples
+            if s.name == "hostcollector_source_poll_errors_total"
+        ]
         assert [(s.labels["reason"], s.value) for s in errors] == [("connect", 1.0)]
         assert (await client.get("/healthz")).status == 200
         landing = await (await client.get("/")).text()

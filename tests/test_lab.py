@@ -101,8 +101,14 @@ def test_counters_agree_with_virsh_domstats(daemon: Daemon) -> None:
     nic = str(before["net.0.name"])
     between("hostcollector_vm_network_transmit_packets_total", "net.0.tx.pkts", device=nic)
     between("hostcollector_vm_network_receive_bytes_total", "net.0.rx.bytes", device=nic)
-    assert one(samples, "hostcollector_vm_memory_maximum_bytes", vm_uuid=uuid) == int(before["balloon.maximum"]) * 1024
-    assert one(samples, "hostcollector_vm_block_capacity_bytes", vm_uuid=uuid, device="vda") == before["block.0.capacity"]
+    assert (
+        one(samples, "hostcollector_vm_memory_maximum_bytes", vm_uuid=uuid)
+        == int(before["balloon.maximum"]) * 1024
+    )
+    assert (
+        one(samples, "hostcollector_vm_block_capacity_bytes", vm_uuid=uuid, device="vda")
+        == before["block.0.capacity"]
+    )
 
 
 def test_counters_grow_while_the_guests_work(daemon: Daemon) -> None:
@@ -136,8 +142,14 @@ def test_vm_start_metadata_change_and_destroy_within_two_polls(daemon: Daemon) -
             f'<project uuid="{GLOBEX}">globex</project></owner></instance>'
         )
         virsh(
-            "metadata", "hc-scratch-churn", "http://openstack.org/xmlns/libvirt/nova/1.1",
-            "--key", "nova", "--set", new_owner, "--live",
+            "metadata",
+            "hc-scratch-churn",
+            "http://openstack.org/xmlns/libvirt/nova/1.1",
+            "--key",
+            "nova",
+            "--set",
+            new_owner,
+            "--live",
         )
         assert vm_tenant(daemon.wait_polls(2), uuid) == GLOBEX
     samples = daemon.wait_polls(2)
@@ -179,9 +191,14 @@ def prometheus(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iter
     )
     with open(tmp / "prometheus.log", "wb") as log:
         process = subprocess.Popen(
-            [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         yield f"http://127.0.0.1:{port}"
@@ -207,7 +224,10 @@ def test_prometheus_sums_cpu_and_network_per_tenant(prometheus: str) -> None:
     net = "sum by (tenant_id) (rate(hostcollector_vm_network_transmit_bytes_total[20s]))"
 
     def per_tenant(query: str) -> dict[str, float] | None:
-        rows = {r["metric"].get("tenant_id", ""): float(r["value"][1]) for r in promql(prometheus, query)}
+        rows = {
+            r["metric"].get("tenant_id", ""): float(r["value"][1])
+            for r in promql(prometheus, query)
+        }
         return rows if {ACME, GLOBEX} <= rows.keys() and all(rows.values()) else None
 
     cpu_rows = wait_until(lambda: per_tenant(cpu), 90, "per-tenant CPU rates", step=1)
@@ -226,7 +246,9 @@ def test_promtool_accepts_a_live_scrape(daemon: Daemon) -> None:
     if promtool is None:
         pytest.fail("promtool is not installed (Debian's prometheus package has it)")
     body = daemon.get()
-    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, check=False)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, check=False
+    )
     assert result.returncode == 0 and not result.stdout and not result.stderr, result
 
 

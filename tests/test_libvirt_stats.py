@@ -79,11 +79,15 @@ def test_missing_fields_stay_none_never_zero(lab_raw: list[dict[str, Any]]) -> N
 def test_guest_fields_absent_without_balloon_driver(lab_raw: list[dict[str, Any]]) -> None:
     entry = by_name(lab_raw, "hc-lab-a1")
     host_side = {
-        k: v for k, v in entry["stats"].items() if k in {"balloon.current", "balloon.maximum", "balloon.rss"}
+        k: v
+        for k, v in entry["stats"].items()
+        if k in {"balloon.current", "balloon.maximum", "balloon.rss"}
     }
     memory = parse_domain_stats("u", "n", host_side).memory
     assert memory.rss_bytes is not None
-    assert memory.usable_bytes is None and memory.unused_bytes is None and memory.major_faults is None
+    assert (
+        memory.usable_bytes is None and memory.unused_bytes is None and memory.major_faults is None
+    )
 
 
 def test_wrong_typed_values_are_ignored() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 
@@ -37,7 +38,12 @@ def test_worker_abandons_a_hung_call_and_never_queues_behind_it() -> None:
 
 
 def test_state_changes_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    outcomes = [SourceError("connect", "refused"), SourceError("connect", "refused"), "ok", ValueError("bug")]
+    outcomes = [
+        SourceError("connect", "refused"),
+        SourceError("connect", "refused"),
+        "ok",
+        ValueError("bug"),
+    ]
     results: list[object] = []
 
     async def poll() -> str:
@@ -47,7 +53,9 @@ def test_state_changes_are_logged_once(caplog: pytest.LogCaptureFixture) -> None
         return outcome
 
     async def go() -> Poller[str]:
-        poller: Poller[str] = Poller("fake", poll, 1.0, lambda _name, result: results.append(result))
+        poller: Poller[str] = Poller(
+            "fake", poll, 1.0, lambda _name, result: results.append(result)
+        )
         for _ in range(4):
             await poller.poll_once()
         return poller
@@ -85,5 +93,5 @@ def test_run_keeps_a_fixed_rate_and_skips_overrun_ticks(caplog: pytest.LogCaptur
     # polls at 0, 0.1 (runs to 0.35), then on the 0.1 grid again: 0.4, 0.5, 0.6
     assert 4 <= len(starts) <= 6
     assert any("took longer than the 0.1 s interval" in r.getMessage() for r in caplog.records)
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(gap >= 0.05 for gap in gaps)  # never back-to-back catch-up polls

@@ -46,7 +46,10 @@ def test_custom_namespace_rule(lab_raw: list[dict[str, Any]]) -> None:
     claim = parse_tenant(by_name(lab_raw, "hc-lab-c1")["metadata"], RULES)
     assert claim == TenantClaim(GLOBEX, "metadata:tenancy", (("tier", "gold"),))
     # without the rule the same VM has no tenant
-    assert parse_tenant(by_name(lab_raw, "hc-lab-c1")["metadata"], compile_rules(AttributionConfig())) is None
+    assert (
+        parse_tenant(by_name(lab_raw, "hc-lab-c1")["metadata"], compile_rules(AttributionConfig()))
+        is None
+    )
 
 
 def test_no_metadata_no_tenant(lab_raw: list[dict[str, Any]]) -> None:
@@ -106,7 +109,10 @@ def test_mapping_file_formats() -> None:
         (b'{"a": 1}', "a: expected a tenant id string"),
         (b'{"a": ""}', "a: empty tenant id"),
         (b'{"a": {"tenant_id": "t", "team": "x"}}', "a: unknown keys ['team']"),
-        (b'{"a": {"tenant_id": "t", "labels": {"x": 1}}}', "a.labels: must map label names to strings"),
+        (
+            b'{"a": {"tenant_id": "t", "labels": {"x": 1}}}',
+            "a.labels: must map label names to strings",
+        ),
         (b'{"a": "t"', "not valid JSON"),
     ],
 )
@@ -149,11 +155,19 @@ def test_unconfigured_map_is_empty() -> None:
 
 def test_order_decides_and_unknown_vms_stay_exported() -> None:
     domains = [DomainStats("vm-a", "a"), DomainStats("vm-b", "b"), DomainStats("vm-c", "c")]
-    metadata = {"vm-a": TenantClaim("meta-t", "metadata:nova-1.1", (("flavor", "f1"),)), "vm-b": None}
-    mapping = {"vm-a": TenantClaim("map-t", "mapping_file"), "vm-b": TenantClaim("map-b", "mapping_file")}
+    metadata = {
+        "vm-a": TenantClaim("meta-t", "metadata:nova-1.1", (("flavor", "f1"),)),
+        "vm-b": None,
+    }
+    mapping = {
+        "vm-a": TenantClaim("map-t", "mapping_file"),
+        "vm-b": TenantClaim("map-b", "mapping_file"),
+    }
     claims = {"metadata": metadata, "mapping_file": mapping}
 
-    first_metadata = attribute_vms(domains, claims, ("metadata", "mapping_file"), ("flavor", "tier"))
+    first_metadata = attribute_vms(
+        domains, claims, ("metadata", "mapping_file"), ("flavor", "tier")
+    )
     assert [(vm.tenant_id, vm.tenant_source) for vm in first_metadata] == [
         ("meta-t", "metadata:nova-1.1"),
         ("map-b", "mapping_file"),
