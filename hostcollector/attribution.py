@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from hostcollector.model import AttributedVM, DomainStats, TenantClaim
+from hostcollector.model import AttributedVM, DomainStats, TenantClaim, VmFreshness
 
 
 def attribute_vms(
@@ -12,12 +12,15 @@ def attribute_vms(
     claims_by_source: Mapping[str, Mapping[str, TenantClaim | None]],
     order: Sequence[str],
     info_labels: Sequence[str],
+    freshness: Mapping[str, VmFreshness] | None = None,
+    now: float | None = None,
 ) -> tuple[AttributedVM, ...]:
     """Give every domain the tenant of the first source in `order` that claims it.
 
     `claims_by_source` maps a source of tenancy ("metadata", "mapping_file") to its claims by VM
     UUID. Only labels named in `info_labels` survive, and every VM gets all of them (empty when
-    unknown) so hostcollector_vm_info has one label set.
+    unknown) so hostcollector_vm_info has one label set. `freshness` (by UUID) adds each VM's
+    sample time, its age at `now`, and its quarantine and job flags.
     """
     allowed = tuple(info_labels)
     attributed = []
@@ -29,12 +32,20 @@ def attribute_vms(
                 break
         found = dict(claim.labels) if claim else {}
         labels = tuple((label, found.get(label, "")) for label in allowed)
+        fresh = freshness.get(domain.uuid) if freshness else None
+        sampled_at = fresh.sampled_at if fresh else None
         attributed.append(
             AttributedVM(
                 stats=domain,
                 tenant_id=claim.tenant_id if claim else "",
                 tenant_source=claim.source if claim else "",
                 info_labels=labels,
+                sampled_at=sampled_at,
+                sample_age_seconds=(
+                    max(0.0, now - sampled_at) if now is not None and sampled_at else None
+                ),
+                quarantined=fresh.quarantined if fresh else False,
+                job_active=fresh.job_active if fresh else None,
             )
         )
     return tuple(attributed)

@@ -10,13 +10,13 @@ import asyncio
 import gzip
 import platform
 import time
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from hostcollector import __version__
 from hostcollector.attribution import attribute_vms
 from hostcollector.config import Config
 from hostcollector.exposition import render
-from hostcollector.model import LibvirtSample, Snapshot
+from hostcollector.model import DomainStats, LibvirtHealth, LibvirtSample, Snapshot
 from hostcollector.poller import Poller
 from hostcollector.sources import Source, build_sources
 from hostcollector.tenancy import compile_rules
@@ -45,6 +45,27 @@ class Exposition:
         return self._bodies[key]
 
 
+@runtime_checkable
+class HasHealth(Protocol):
+    def health(self) -> LibvirtHealth: ...
+
+
+def _within_max_age(
+    sample: LibvirtSample | None, now: float, max_age: float
+) -> tuple[DomainStats, ...]:
+    """The VMs whose values are recent enough to serve; older ones go away rather than lie."""
+    if sample is None:
+        return ()
+    oldest = now - max_age
+    kept = []
+    for domain in sample.domains:
+        fresh = sample.freshness.get(domain.uuid)
+        sampled_at = fresh.sampled_at if fresh and fresh.sampled_at else sample.listed_at
+        if sampled_at >= oldest:
+            kept.append(domain)
+    return tuple(kept)
+
+
 class Collector:
     def __init__(
         self,
@@ -69,27 +90,36 @@ class Collector:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _on_result(self, name: str, result: Any) -> None:
-        # A failed poll drops that source's data rather than serve it as if it were fresh.
-        if result is None:
-            self.latest.pop(name, None)
-        else:
+        # A failed poll keeps the source's last result: its VMs are served with their growing
+        # age until max_sample_age_seconds, and the source's up metric says it failed.
+        if result is not None:
             self.latest[name] = result
         self.exposition = Exposition(self.build_snapshot())
 
     def build_snapshot(self) -> Snapshot:
+        now = time.time()
         libvirt: LibvirtSample | None = self.latest.get("libvirt")
-        domains = libvirt.domains if libvirt else ()
+        domains = _within_max_age(libvirt, now, self.config.sources.libvirt.max_sample_age_seconds)
         claims = {
             "metadata": libvirt.metadata_claims if libvirt else {},
             "mapping_file": self.tenant_map.current(),
         }
         attribution = self.config.attribution
+        source = self.sources.get("libvirt")
         return Snapshot(
-            taken_at=time.time(),
-            vms=attribute_vms(domains, claims, attribution.order, attribution.info_labels),
+            taken_at=now,
+            vms=attribute_vms(
+                domains,
+                claims,
+                attribution.order,
+                attribution.info_labels,
+                libvirt.freshness if libvirt else None,
+                now,
+            ),
             sources=tuple(poller.status() for poller in self.pollers.values()),
             tenant_map=self.tenant_map.status(),
             build=BUILD_LABELS,
+            libvirt=source.health() if isinstance(source, HasHealth) else None,
         )
 
     async def poll_all_once(self) -> None:

@@ -68,6 +68,15 @@ class LibvirtConfig:
     nowait: bool = True
     # Metadata is re-read on libvirt events; this is the safety net if an event was missed.
     metadata_refresh_seconds: float = 600.0
+    # Stats calls in flight at once, each over a share of the domains. With the listing and
+    # the quarantine probe this stays within libvirtd's default max_client_requests of 5.
+    parallel_calls: int = 3
+    # A domain whose QEMU monitor hangs is left out of the main path this long, then retried
+    # alone (VDSM's 40 s: not a multiple of the 15 s interval or QEMU's 30 s job timeout).
+    quarantine_seconds: float = 40.0
+    # A VM's last good values are served (with their age) while it is quarantined or
+    # libvirtd is unreachable, for at most this long; then its series go away.
+    max_sample_age_seconds: float = 180.0
 
     def problems(self) -> list[str]:
         found = []
@@ -84,6 +93,12 @@ class LibvirtConfig:
             found.append("stats_groups: 'state' is required")
         if self.metadata_refresh_seconds <= 0:
             found.append("metadata_refresh_seconds: must be > 0")
+        if not 1 <= self.parallel_calls <= 8:
+            found.append("parallel_calls: must be between 1 and 8")
+        if self.quarantine_seconds <= 0:
+            found.append("quarantine_seconds: must be > 0")
+        if self.max_sample_age_seconds < self.interval_seconds:
+            found.append("max_sample_age_seconds: must be at least interval_seconds")
         return found
 
 

@@ -156,6 +156,34 @@ VM_FAMILIES = (
     ),
 )
 
+# Per VM; value() receives AttributedVM: how current the VM's values are.
+VM_STATUS_FAMILIES = (
+    _vm(
+        "vm_sample_timestamp_seconds",
+        "gauge",
+        "When this VM's values were read from libvirt (Unix time). Older than the poll while the VM is quarantined or libvirtd is unreachable.",
+        lambda vm: vm.sampled_at,
+    ),
+    _vm(
+        "vm_sample_age_seconds",
+        "gauge",
+        "Age of this VM's values when the snapshot was built; grows while the VM is quarantined or libvirtd is unreachable, and the series go away past max_sample_age_seconds.",
+        lambda vm: vm.sample_age_seconds,
+    ),
+    _vm(
+        "vm_quarantined",
+        "gauge",
+        "1 while the VM's QEMU monitor does not answer and it is left out of the main path (last good values served), else 0.",
+        lambda vm: int(vm.quarantined),
+    ),
+    _vm(
+        "vm_job_active",
+        "gauge",
+        "1 while a background job such as a migration runs on the VM (virDomainGetControlInfo says JOB), else 0. Use it to silence alerts.",
+        lambda vm: None if vm.job_active is None else int(vm.job_active),
+    ),
+)
+
 # Per vCPU; value() receives VcpuStats.
 VCPU_FAMILIES = (
     _dev(
@@ -381,6 +409,28 @@ SELF_FAMILIES = (
         "When the source last polled successfully (Unix time).",
         ("source",),
     ),
+    _self_family(
+        "libvirt_connects_total",
+        "counter",
+        "Connections opened to libvirtd; more than one means reconnects.",
+    ),
+    _self_family(
+        "libvirt_timeouts_total",
+        "counter",
+        "libvirt calls abandoned past their deadline, by reason (list, stats, stats_retry, probe, no_free_lane).",
+        ("reason",),
+    ),
+    _self_family(
+        "libvirt_quarantined_vms",
+        "gauge",
+        "VMs in quarantine now: their QEMU monitor does not answer.",
+    ),
+    _self_family("libvirt_quarantines_total", "counter", "Times a VM was put into quarantine."),
+    _self_family(
+        "libvirt_busy_domains_total",
+        "counter",
+        "Domains whose stats NOWAIT returned partial because their job was busy; their last good values were kept.",
+    ),
     _self_family("vms", "gauge", "VMs exported, in any state."),
     _self_family(
         "vms_unattributed",
@@ -412,6 +462,7 @@ SELF_FAMILIES = (
 
 ALL_FAMILIES = (
     *VM_FAMILIES,
+    *VM_STATUS_FAMILIES,
     VM_INFO,
     *VCPU_FAMILIES,
     *BLOCK_FAMILIES,
@@ -488,6 +539,9 @@ def render(snapshot: Snapshot, *, openmetrics: bool = False) -> bytes:
     for family in VM_FAMILIES:
         w.family(family, ((base, family.value(vm.stats)) for vm, base in vms))
 
+    for family in VM_STATUS_FAMILIES:
+        w.family(family, ((base, family.value(vm)) for vm, base in vms))
+
     w.header(VM_INFO)
     for vm, base in vms:
         extra = (("name", vm.stats.name), ("tenant_source", vm.tenant_source), *vm.info_labels)
@@ -548,6 +602,16 @@ def _render_self(w: _Writer, snapshot: Snapshot) -> None:
             for r, n in s.errors_by_reason
         ),
     )
+    health = snapshot.libvirt
+    if health is not None:
+        one("libvirt_connects_total", health.connects_total)
+        w.family(
+            families["libvirt_timeouts_total"],
+            ((f'reason="{r}"', n) for r, n in health.timeouts_by_reason),
+        )
+        one("libvirt_quarantined_vms", health.quarantined_vms)
+        one("libvirt_quarantines_total", health.quarantines_total)
+        one("libvirt_busy_domains_total", health.busy_domains_total)
     one("vms", len(snapshot.vms))
     one("vms_unattributed", sum(1 for vm in snapshot.vms if not vm.tenant_id))
     one("tenants", len({vm.tenant_id for vm in snapshot.vms if vm.tenant_id}))

@@ -93,11 +93,24 @@ class TenantClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class VmFreshness:
+    """How current one VM's stats are, as the libvirt source knows it."""
+
+    sampled_at: float | None  # Unix time the stats were read; None: never read successfully
+    quarantined: bool = False  # its QEMU monitor stopped answering; retried alone on expiry
+    job_active: bool | None = None  # a background job (migration, ...) runs; None: unknown
+
+
+@dataclass(frozen=True, slots=True)
 class AttributedVM:
     stats: DomainStats
     tenant_id: str  # "" when no source of tenancy knows the VM
     tenant_source: str  # "" when unattributed
     info_labels: tuple[tuple[str, str], ...] = ()
+    sampled_at: float | None = None
+    sample_age_seconds: float | None = None
+    quarantined: bool = False
+    job_active: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +119,21 @@ class LibvirtSample:
 
     domains: tuple[DomainStats, ...]
     metadata_claims: dict[str, TenantClaim | None]
+    freshness: dict[str, VmFreshness]
+    listed_at: float  # Unix time of the domain listing this sample is built on
     # What libvirt returned, when recording (`dump --raw`): per domain uuid, name, stats, metadata.
     raw: tuple[dict[str, object], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LibvirtHealth:
+    """The libvirt source's own counters, read when a snapshot is built."""
+
+    connects_total: int
+    timeouts_by_reason: tuple[tuple[str, int], ...]
+    quarantined_vms: int
+    quarantines_total: int
+    busy_domains_total: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +168,4 @@ class Snapshot:
     sources: tuple[SourceStatus, ...]
     tenant_map: TenantMapStatus
     build: tuple[tuple[str, str], ...] = ()
+    libvirt: LibvirtHealth | None = None

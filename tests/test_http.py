@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from hostcollector.app import build_app, wants_gzip, wants_openmetrics
 from hostcollector.collector import Collector
 from hostcollector.config import Config
 from hostcollector.errors import SourceError
-from hostcollector.model import LibvirtSample
+from hostcollector.model import LibvirtSample, VmFreshness
 from hostcollector.sources.libvirt_stats import parse_domain_stats
 from hostcollector.tenancy import compile_rules, parse_tenant
 from tests.conftest import load_raw
@@ -41,6 +42,8 @@ class RecordedLibvirt:
         self.sample = LibvirtSample(
             tuple(parse_domain_stats(e["uuid"], e["name"], e["stats"]) for e in raw),
             {e["uuid"]: parse_tenant(e["metadata"], rules) for e in raw},
+            {e["uuid"]: VmFreshness(time.time()) for e in raw},
+            time.time(),
         )
 
     async def poll(self) -> LibvirtSample:

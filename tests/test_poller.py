@@ -11,14 +11,14 @@ import pytest
 
 from hostcollector.errors import SourceError
 from hostcollector.poller import Poller
-from hostcollector.sources.worker import BlockingWorker
+from hostcollector.sources.worker import BlockingLane
 
 
 def test_worker_abandons_a_hung_call_and_never_queues_behind_it() -> None:
     release = threading.Event()
 
     async def go() -> None:
-        worker = BlockingWorker("test")
+        worker = BlockingLane("test")
         with pytest.raises(SourceError) as timeout:
             await worker.call(lambda: release.wait(10), timeout=0.05)
         assert timeout.value.reason == "timeout"

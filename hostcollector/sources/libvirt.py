@@ -1,26 +1,44 @@
-"""The libvirt source: one read-only connection, one bulk stats call per poll, cached metadata.
+"""The libvirt source: one read-only connection, chunked bulk stats, quarantine for hung QEMUs.
 
 The only module that imports `libvirt`, lazily, so that check-config and unit tests run without
-it. Everything blocking runs in this source's own one-thread worker with a deadline; libvirt's
-event loop runs in a daemon thread so that lifecycle and metadata-change events can invalidate
-the tenant metadata cache (parsing every domain's XML every cycle is what burned CPU in VDSM and
-Ceilometer).
+it. Each poll:
+
+1. lists the domains and asks each for its control state (`virDomainGetControlInfo`: no job, no
+   QEMU monitor; it answers even while the monitor is stuck) and, for new or changed domains,
+   reads the tenant metadata;
+2. leaves out domains whose monitor has been occupied past the poll deadline (quarantine, see
+   libvirt_tracker.py) and queries the others with `virDomainListGetStats(NOWAIT)` in at most
+   `parallel_calls` chunks at once;
+3. if a chunk overruns half the deadline, asks its members' control state again: the one our
+   abandoned call is stuck on shows as occupied and is quarantined; the rest are queried again
+   in the remaining time, so one hung QEMU costs the others nothing;
+4. retries one quarantined domain whose quarantine expired, alone and off the main path.
+
+Blocking calls run in fixed-size thread lanes: one for listing, `parallel_calls` for chunks, one
+for the quarantine probe. Together they stay within libvirtd's default of 5 concurrent requests
+per client connection, abandoned calls included, and nothing ever queues behind a hung call.
+libvirt's event loop runs in a daemon thread for keepalive, the close callback and the lifecycle
+and metadata-change events that invalidate the metadata cache.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hostcollector.config import LibvirtConfig
 from hostcollector.errors import SourceError
-from hostcollector.model import DomainStats, LibvirtSample, TenantClaim
-from hostcollector.sources.libvirt_stats import parse_domain_stats
-from hostcollector.sources.worker import BlockingWorker
+from hostcollector.model import LibvirtHealth, LibvirtSample, TenantClaim
+from hostcollector.sources.libvirt_stats import is_partial, parse_domain_stats
+from hostcollector.sources.libvirt_tracker import CONTROL_OCCUPIED, DomainTracker, ListedDomain
+from hostcollector.sources.worker import BlockingLane
 from hostcollector.tenancy import MetadataRule, parse_tenant
 
 log = logging.getLogger(__name__)
@@ -38,6 +56,9 @@ _GROUP_FLAGS = {
     "dirtyrate": "VIR_DOMAIN_STATS_DIRTYRATE",
     "vm": "VIR_DOMAIN_STATS_VM",
 }
+RECONNECT_BACKOFF_MAX_SECONDS = 60.0
+# After a chunk overran: a member whose monitor has been busy this long is the one it hangs on.
+STUCK_MONITOR_SECONDS = 0.2
 
 _lib: Any = None
 _lib_lock = threading.Lock()
@@ -80,6 +101,13 @@ class _CachedMetadata:
     fetched_at: float
 
 
+@dataclass(frozen=True)
+class _Listing:
+    domains: tuple[ListedDomain, ...]
+    handles: dict[str, Any]  # uuid -> virDomain
+    claims: dict[str, TenantClaim | None]
+
+
 class LibvirtSource:
     name = "libvirt"
 
@@ -90,10 +118,20 @@ class LibvirtSource:
         self._rules = tuple(rules)
         self._namespaces = tuple(dict.fromkeys(rule.namespace for rule in rules))
         self._record_raw = record_raw
-        self._worker = BlockingWorker(self.name)
+        self._raw: dict[str, dict[str, object]] = {}
+        self._main = BlockingLane("libvirt-main")
+        self._chunks = BlockingLane("libvirt-stats", config.parallel_calls)
+        self._probe_lane = BlockingLane("libvirt-probe")
+        self._probe_task: asyncio.Task[None] | None = None
+        self._tracker = DomainTracker(config.quarantine_seconds, config.timeout_seconds)
+        self._group_names = tuple(config.stats_groups)
         self._conn: Any = None
         self._conn_closed = threading.Event()
-        self._callback_ids: list[int] = []
+        self._connects = 0
+        self._next_connect = 0.0
+        self._backoff = 0.0
+        self._timeouts: Counter[str] = Counter()
+        self._busy_domains = 0
         self._metadata: dict[str, _CachedMetadata] = {}
         self._stale: set[str] = set()  # UUIDs whose metadata an event said changed
         self._stale_lock = threading.Lock()
@@ -102,11 +140,46 @@ class LibvirtSource:
     def interval_seconds(self) -> float:
         return self.config.interval_seconds
 
+    def health(self) -> LibvirtHealth:
+        return LibvirtHealth(
+            connects_total=self._connects,
+            timeouts_by_reason=tuple(sorted(self._timeouts.items())),
+            quarantined_vms=self._tracker.quarantined,
+            quarantines_total=self._tracker.quarantines_total,
+            busy_domains_total=self._busy_domains,
+        )
+
     async def poll(self) -> LibvirtSample:
-        return await self._worker.call(self._collect, self.config.timeout_seconds)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout_seconds
+        try:
+            listing = await self._main.call(self._list, self.config.timeout_seconds)
+        except SourceError as exc:
+            if exc.reason == "timeout":
+                self._timeouts["list"] += 1
+            raise
+        listed_at = time.time()
+        plan = self._tracker.plan(listing.domains, listed_at)
+        await self._query(plan.query, listing, deadline)
+        if plan.probe:
+            self._start_probe(plan.probe[0], listing)
+        domains, freshness = self._tracker.sample(listing.domains)
+        raw = None
+        if self._record_raw:
+            raw = tuple(
+                self._raw[uuid] | {"metadata": self._metadata_xml(uuid)}
+                for uuid in listing.handles
+                if uuid in self._raw
+            )
+        return LibvirtSample(domains, listing.claims, freshness, listed_at, raw)
 
     async def close(self) -> None:
-        self._worker.shutdown()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        for lane in (self._main, self._chunks, self._probe_lane):
+            lane.shutdown()
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -114,37 +187,163 @@ class LibvirtSource:
             except Exception as exc:  # the connection may already be gone
                 log.debug("closing libvirt connection: %s", exc)
 
-    # -- everything below runs in the worker thread --------------------------------------------
+    # -- the main path ---------------------------------------------------------------------------
 
-    def _collect(self) -> LibvirtSample:
+    async def _query(self, uuids: Sequence[str], listing: _Listing, deadline: float) -> None:
+        if not uuids:
+            return
+        loop = asyncio.get_running_loop()
+        lanes = min(self._chunks.free, self.config.parallel_calls, len(uuids))
+        if lanes <= 0:
+            # Every stats thread is still stuck in an abandoned call: serve last good values.
+            self._timeouts["no_free_lane"] += 1
+            return
+        chunks = [list(uuids[i::lanes]) for i in range(lanes)]
+        first_deadline = loop.time() + (deadline - loop.time()) / 2
+        results = await asyncio.gather(
+            *(self._stats_in_lane(chunk, listing, first_deadline) for chunk in chunks),
+            return_exceptions=True,
+        )
+        overran: list[str] = []
+        for chunk, result in zip(chunks, results, strict=True):
+            if isinstance(result, SourceError):
+                self._timeouts["stats" if result.reason == "timeout" else result.reason] += 1
+                overran += chunk
+            elif isinstance(result, BaseException):
+                raise result
+        if overran:
+            await self._isolate_and_retry(overran, listing, deadline)
+
+    async def _isolate_and_retry(
+        self, uuids: list[str], listing: _Listing, deadline: float
+    ) -> None:
+        """Find which domain an overrun chunk is stuck on, quarantine it, retry the others."""
+        loop = asyncio.get_running_loop()
+        handles = [listing.handles[uuid] for uuid in uuids]
+        try:
+            controls = await self._main.call(
+                lambda: [self._control_info(dom) for dom in handles], deadline - loop.time()
+            )
+        except SourceError:
+            return
+        now = time.time()
+        rest = []
+        for uuid, (state, seconds) in zip(uuids, controls, strict=True):
+            # A healthy monitor answers in milliseconds; the domain our abandoned call waits on
+            # has been occupied ever since the call reached it.
+            if state == CONTROL_OCCUPIED and seconds >= STUCK_MONITOR_SECONDS:
+                self._tracker.quarantine(uuid, now, f"stats call hung for {seconds:.1f} s")
+            else:
+                rest.append(uuid)
+        if rest and self._chunks.free:
+            try:
+                await self._stats_in_lane(rest, listing, deadline)
+            except SourceError as exc:
+                self._timeouts["stats_retry" if exc.reason == "timeout" else exc.reason] += 1
+
+    async def _stats_in_lane(self, uuids: list[str], listing: _Listing, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        handles = [listing.handles[uuid] for uuid in uuids]
+        results = await self._chunks.call(lambda: self._stats(handles), deadline - loop.time())
+        self._record(results)
+
+    def _record(self, results: list[tuple[str, str, dict[str, Any]]]) -> None:
+        sampled_at = time.time()
+        for uuid, name, raw in results:
+            stats = parse_domain_stats(uuid, name, raw)
+            if is_partial(raw, self._group_names):
+                self._busy_domains += 1
+                self._tracker.partial(uuid, stats, sampled_at)
+            else:
+                self._tracker.fresh(uuid, stats, sampled_at)
+            if self._record_raw:
+                self._raw[uuid] = {"uuid": uuid, "name": name, "stats": dict(raw)}
+
+    # -- quarantine probe, off the main path ---------------------------------------------------
+
+    def _start_probe(self, uuid: str, listing: _Listing) -> None:
+        if self._probe_task is not None and not self._probe_task.done():
+            return
+        if self._probe_lane.busy:
+            return  # the previous probe is still stuck; it holds the domain's job anyway
+        handle = listing.handles[uuid]
+        self._probe_task = asyncio.create_task(self._probe(uuid, handle), name=f"probe-{uuid}")
+
+    async def _probe(self, uuid: str, handle: Any) -> None:
+        started = time.time()
+        try:
+            results = await self._probe_lane.call(
+                lambda: self._stats([handle]), self.config.timeout_seconds
+            )
+        except SourceError as exc:
+            self._timeouts["probe" if exc.reason == "timeout" else exc.reason] += 1
+            self._tracker.quarantine(uuid, time.time(), "probe did not answer")
+            return
+        for result_uuid, name, raw in results:
+            if is_partial(raw, self._group_names):
+                self._tracker.quarantine(result_uuid, time.time(), "probe found the job busy")
+            else:
+                self._tracker.fresh(
+                    result_uuid, parse_domain_stats(result_uuid, name, raw), started
+                )
+
+    # -- everything below runs in a lane thread ------------------------------------------------
+
+    def _list(self) -> _Listing:
         libvirt = _libvirt()
         conn = self._connection(libvirt)
-        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT if self.config.nowait else 0
         try:
-            listing = conn.getAllDomainStats(self._group_mask(libvirt), flags)
+            handles = conn.listAllDomains(0)
         except libvirt.libvirtError as exc:
             self._forget_connection_if_dead(conn)
-            raise SourceError("stats_call", f"getAllDomainStats failed: {_describe(exc)}") from exc
-        domains: list[DomainStats] = []
+            raise SourceError("list", f"listing domains failed: {_describe(exc)}") from exc
+        domains = []
+        by_uuid = {}
         claims: dict[str, TenantClaim | None] = {}
-        raw: list[dict[str, object]] = []
         now = time.monotonic()
-        for dom, stats in listing:
+        for dom in handles:
             uuid = dom.UUIDString()
-            name = dom.name()
-            domains.append(parse_domain_stats(uuid, name, stats))
+            try:
+                state, seconds = self._control_info(dom)
+            except _Vanished:
+                continue  # destroyed between list and now: normal churn
+            domains.append(ListedDomain(uuid, dom.name(), state, seconds))
+            by_uuid[uuid] = dom
             cached = self._cached_metadata(libvirt, dom, uuid, now)
             claims[uuid] = cached.claim if cached else None
-            if self._record_raw:
-                xml = cached.xml_by_namespace if cached else {}
-                raw.append({"uuid": uuid, "name": name, "stats": dict(stats), "metadata": xml})
-        for gone in self._metadata.keys() - claims.keys():
+        for gone in self._metadata.keys() - by_uuid.keys():
             del self._metadata[gone]
-        return LibvirtSample(tuple(domains), claims, tuple(raw) if self._record_raw else None)
+        for gone in self._raw.keys() - by_uuid.keys():
+            del self._raw[gone]
+        return _Listing(tuple(domains), by_uuid, claims)
+
+    def _control_info(self, dom: Any) -> tuple[int | None, float]:
+        libvirt = _libvirt()
+        try:
+            state, _details, state_ms = dom.controlInfo()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise _Vanished from exc
+            return None, 0.0  # inactive domains have no control interface
+        return int(state), state_ms / 1000.0
+
+    def _stats(self, handles: list[Any]) -> list[tuple[str, str, dict[str, Any]]]:
+        libvirt = _libvirt()
+        conn = self._conn
+        if conn is None:
+            raise SourceError("connect", "not connected")
+        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT if self.config.nowait else 0
+        try:
+            # Domains that vanished since the listing are skipped by libvirt, not an error.
+            listing = conn.domainListGetStats(handles, self._group_mask(libvirt), flags)
+        except libvirt.libvirtError as exc:
+            self._forget_connection_if_dead(conn)
+            raise SourceError("stats_call", f"domainListGetStats failed: {_describe(exc)}") from exc
+        return [(dom.UUIDString(), dom.name(), stats) for dom, stats in listing]
 
     def _group_mask(self, libvirt: Any) -> int:
         mask = 0
-        for group in self.config.stats_groups:
+        for group in self._group_names:
             flag = getattr(libvirt, _GROUP_FLAGS[group], None)
             if flag is None:
                 raise SourceError(
@@ -157,14 +356,28 @@ class LibvirtSource:
         if self._conn is not None and not self._conn_closed.is_set():
             return self._conn
         if self._conn is not None:
-            log.info("libvirt connection to %s closed; reconnecting", self.config.uri)
+            log.warning("libvirt connection to %s lost; reconnecting", self.config.uri)
+            with contextlib.suppress(Exception):
+                self._conn.close()
             self._conn = None
+        now = time.monotonic()
+        if now < self._next_connect:
+            raise SourceError(
+                "connect_backoff",
+                f"not connected to {self.config.uri}; next attempt in {self._next_connect - now:.0f} s",
+            )
         try:
             conn = libvirt.openReadOnly(self.config.uri)
         except libvirt.libvirtError as exc:
+            self._backoff = min(max(1.0, self._backoff * 2), RECONNECT_BACKOFF_MAX_SECONDS)
+            self._next_connect = now + self._backoff
             raise SourceError(
                 "connect", f"cannot connect to {self.config.uri}: {_describe(exc)}"
             ) from exc
+        self._backoff = 0.0
+        self._connects += 1
+        if self._connects > 1:
+            log.info("reconnected to %s", self.config.uri)
         self._conn_closed.clear()
         # Events may have been missed while disconnected: re-read every domain's metadata.
         self._metadata.clear()
@@ -173,14 +386,12 @@ class LibvirtSource:
         try:
             conn.setKeepAlive(5, 3)
             conn.registerCloseCallback(self._on_close, None)
-            self._callback_ids = [
-                conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
-                ),
-                conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata, None
-                ),
-            ]
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            )
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata, None
+            )
         except libvirt.libvirtError as exc:
             # Events are an optimisation: without them metadata_refresh_seconds still applies.
             log.warning(
@@ -205,10 +416,8 @@ class LibvirtSource:
             stale = uuid in self._stale
             self._stale.discard(uuid)
         cached = self._metadata.get(uuid)
-        fresh = (
-            cached is not None and now - cached.fetched_at < self.config.metadata_refresh_seconds
-        )
-        if fresh and not stale:
+        refresh_after = self.config.metadata_refresh_seconds
+        if cached is not None and not stale and now - cached.fetched_at < refresh_after:
             return cached
         xml_by_namespace: dict[str, str | None] = {}
         for namespace in self._namespaces:
@@ -221,16 +430,20 @@ class LibvirtSource:
                     xml_by_namespace[namespace] = None
                     continue
                 # The domain vanished between list and metadata, or libvirt hiccuped: normal
-                # churn. Export the stats unattributed this cycle and try again next cycle.
+                # churn. Keep what we had and try again next cycle.
                 log.debug("metadata of %s unavailable: %s", uuid, _describe(exc))
                 return cached
         entry = _CachedMetadata(xml_by_namespace, parse_tenant(xml_by_namespace, self._rules), now)
         self._metadata[uuid] = entry
         return entry
 
+    def _metadata_xml(self, uuid: str) -> dict[str, str | None]:
+        cached = self._metadata.get(uuid)
+        return cached.xml_by_namespace if cached else {}
+
     # -- libvirt event thread callbacks ----------------------------------------------------------
 
-    def _on_close(self, _conn: Any, reason: int, _opaque: Any) -> None:
+    def _on_close(self, _conn: Any, _reason: int, _opaque: Any) -> None:
         self._conn_closed.set()
 
     def _on_lifecycle(self, _conn: Any, dom: Any, _event: int, _detail: int, _opaque: Any) -> None:
@@ -242,6 +455,10 @@ class LibvirtSource:
     def _mark_stale(self, dom: Any) -> None:
         with self._stale_lock:
             self._stale.add(dom.UUIDString())
+
+
+class _Vanished(Exception):
+    """The domain was destroyed between listing it and asking about it."""
 
 
 def _describe(exc: Any) -> str:

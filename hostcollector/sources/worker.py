@@ -1,8 +1,9 @@
-"""Run a blocking library call off the event loop, with a deadline, never queued behind a hung one.
+"""Run blocking library calls off the event loop, with a deadline, never queued behind hung ones.
 
 A Python thread blocked in libvirt or NVML cannot be cancelled: when the deadline passes we stop
-waiting and the thread is abandoned. While it is still stuck, further calls are refused at once
-instead of piling up behind it in the executor.
+waiting and the thread is abandoned. A lane has a fixed number of threads; while they are all
+taken (by running or abandoned calls), further calls are refused at once instead of piling up in
+the executor's queue behind a call that may never return.
 """
 
 from __future__ import annotations
@@ -17,40 +18,46 @@ from hostcollector.errors import SourceError
 T = TypeVar("T")
 
 
-class BlockingWorker:
-    def __init__(self, name: str) -> None:
+class BlockingLane:
+    def __init__(self, name: str, threads: int = 1) -> None:
         self._name = name
+        self._threads = threads
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"hc-{name}"
+            max_workers=threads, thread_name_prefix=f"hc-{name}"
         )
-        self._in_flight: asyncio.Future[Any] | None = None
+        self._in_flight: set[asyncio.Future[Any]] = set()
+
+    @property
+    def free(self) -> int:
+        return self._threads - len(self._in_flight)
 
     @property
     def busy(self) -> bool:
-        return self._in_flight is not None and not self._in_flight.done()
+        return self.free <= 0
 
     async def call(self, fn: Callable[[], T], timeout: float) -> T:
         if self.busy:
             raise SourceError(
-                "busy", f"{self._name}: the previous call is still running; not queueing another"
+                "busy",
+                f"{self._name}: all {self._threads} call(s) still running; not queueing another",
             )
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, fn)
-        self._in_flight = future
+        self._in_flight.add(future)
+        future.add_done_callback(self._finished)
         try:
-            # shield: a timeout must not cancel the future's bookkeeping, only our wait.
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            # shield: a timeout ends our wait, not the call (which cannot be stopped anyway).
+            return await asyncio.wait_for(asyncio.shield(future), max(timeout, 0.0))
         except TimeoutError:
-            # Retrieve the abandoned call's eventual exception so asyncio does not log it.
-            future.add_done_callback(_swallow)
             raise SourceError(
-                "timeout", f"{self._name}: no answer within {timeout:g} s; abandoned the call"
+                "timeout", f"{self._name}: no answer within {timeout:.3g} s; abandoned the call"
             ) from None
+
+    def _finished(self, future: asyncio.Future[Any]) -> None:
+        self._in_flight.discard(future)
+        # A late result is dropped on purpose; retrieve its exception so asyncio does not log it.
+        if not future.cancelled():
+            future.exception()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _swallow(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

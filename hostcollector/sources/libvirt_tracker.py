@@ -1,0 +1,132 @@
+"""Which domains to query this cycle, which are quarantined, and the last good stats of each.
+
+Pure bookkeeping (no libvirt, the clock passed in), after oVirt VDSM's sampling: a domain whose
+QEMU monitor has been occupied longer than the poll deadline is stuck; it goes into quarantine
+for `quarantine_seconds` (deliberately not a multiple of the usual 15 s interval or of QEMU's
+30 s job timeout), is left out of the main path, and on expiry is retried alone. Meanwhile its
+last good stats are served with their sample time, so the renderers can show the age.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from hostcollector.model import DomainStats, VmFreshness
+
+log = logging.getLogger(__name__)
+
+# virDomainControlState
+CONTROL_OK = 0
+CONTROL_JOB = 1  # a background job (migration, ...) is running
+CONTROL_OCCUPIED = 2  # a monitor command is running; stateTime says for how long
+CONTROL_ERROR = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ListedDomain:
+    uuid: str
+    name: str
+    control_state: int | None  # None: unknown (inactive domain, or the call failed)
+    control_seconds: float = 0.0  # how long the control interface has been in that state
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    query: tuple[str, ...]  # the main path, in chunks
+    probe: tuple[str, ...]  # quarantine expired: retry alone, off the main path
+
+
+@dataclass(slots=True)
+class _Entry:
+    name: str
+    stats: DomainStats | None = None
+    sampled_at: float | None = None
+    quarantined_until: float | None = None
+
+
+class DomainTracker:
+    def __init__(self, quarantine_seconds: float, stuck_after_seconds: float) -> None:
+        self._quarantine_seconds = quarantine_seconds
+        self._stuck_after = stuck_after_seconds
+        self._entries: dict[str, _Entry] = {}
+        self.quarantines_total = 0
+
+    def is_stuck(self, domain: ListedDomain) -> bool:
+        return (
+            domain.control_state == CONTROL_OCCUPIED and domain.control_seconds >= self._stuck_after
+        )
+
+    def plan(self, listed: Sequence[ListedDomain], now: float) -> Plan:
+        query: list[str] = []
+        probe: list[str] = []
+        for domain in listed:
+            entry = self._entries.get(domain.uuid)
+            if entry is None:
+                entry = self._entries[domain.uuid] = _Entry(domain.name)
+            entry.name = domain.name  # renames are normal; the UUID is the identity
+            if self.is_stuck(domain):
+                self.quarantine(
+                    domain.uuid, now, f"QEMU monitor busy for {domain.control_seconds:.0f} s"
+                )
+            elif entry.quarantined_until is None:
+                query.append(domain.uuid)
+            elif now >= entry.quarantined_until:
+                probe.append(domain.uuid)
+        self._forget_all_but(domain.uuid for domain in listed)
+        return Plan(tuple(query), tuple(probe))
+
+    def quarantine(self, uuid: str, now: float, why: str) -> None:
+        entry = self._entries.get(uuid)
+        if entry is None:
+            return
+        if entry.quarantined_until is None:
+            self.quarantines_total += 1
+            log.warning("VM %s (%s) quarantined: %s", entry.name, uuid, why)
+        entry.quarantined_until = now + self._quarantine_seconds
+
+    def fresh(self, uuid: str, stats: DomainStats, sampled_at: float) -> None:
+        entry = self._entries.get(uuid)
+        if entry is None:
+            return  # vanished meanwhile
+        if entry.sampled_at is not None and sampled_at < entry.sampled_at:
+            return  # a late result never overwrites newer data
+        if entry.quarantined_until is not None:
+            log.info("VM %s (%s) answers again; out of quarantine", entry.name, uuid)
+        entry.stats, entry.sampled_at, entry.quarantined_until = stats, sampled_at, None
+
+    def partial(self, uuid: str, stats: DomainStats, sampled_at: float) -> None:
+        """NOWAIT skipped this domain's monitor (job busy): keep the last good stats if any."""
+        entry = self._entries.get(uuid)
+        if entry is not None and entry.stats is None:
+            entry.stats, entry.sampled_at = stats, sampled_at
+
+    @property
+    def quarantined(self) -> int:
+        return sum(1 for entry in self._entries.values() if entry.quarantined_until is not None)
+
+    def sample(
+        self, listed: Sequence[ListedDomain]
+    ) -> tuple[tuple[DomainStats, ...], dict[str, VmFreshness]]:
+        domains = []
+        freshness = {}
+        for domain in listed:
+            entry = self._entries.get(domain.uuid)
+            if entry is None:
+                continue
+            stats = entry.stats or DomainStats(domain.uuid, domain.name)
+            if stats.name != domain.name:
+                stats = dataclasses.replace(stats, name=domain.name)
+            domains.append(stats)
+            job = None if domain.control_state is None else domain.control_state == CONTROL_JOB
+            freshness[domain.uuid] = VmFreshness(
+                entry.sampled_at, entry.quarantined_until is not None, job
+            )
+        return tuple(domains), freshness
+
+    def _forget_all_but(self, uuids: Iterable[str]) -> None:
+        keep = set(uuids)
+        for gone in self._entries.keys() - keep:
+            del self._entries[gone]
