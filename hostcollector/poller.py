@@ -40,6 +40,7 @@ class Poller(Generic[T]):
         self._last_duration: float | None = None
         self._last_success: float | None = None
         self._last_error: str | None = None
+        self._last_reason: str | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -74,6 +75,7 @@ class Poller(Generic[T]):
                 log.info("%s: source is up again", self.name)
             self._up = True
             self._last_error = None
+            self._last_reason = None
             self._last_success = time.time()
         self._polls += 1
         self._last_duration = time.monotonic() - started
@@ -82,10 +84,13 @@ class Poller(Generic[T]):
 
     def _failed(self, reason: str, message: str) -> None:
         self._errors[reason] += 1
-        if self._up is not False or message != self._last_error:
+        # One line when the source goes down, and one when the kind of failure changes; not one
+        # per poll, and not for a message that only differs in its details (a backoff countdown).
+        if self._up is not False or reason != self._last_reason:
             log.warning("%s: source is down: %s", self.name, message)
         self._up = False
         self._last_error = message
+        self._last_reason = reason
 
     def status(self) -> SourceStatus:
         return SourceStatus(

@@ -145,11 +145,21 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def run_daemon(tmp: Path, interval: float = 2.0, **attribution: Any) -> Iterator[Daemon]:
+def run_daemon(
+    tmp: Path,
+    interval: float = 2.0,
+    sources_extra: dict[str, Any] | None = None,
+    **attribution: Any,
+) -> Iterator[Daemon]:
     port = free_port()
+    libvirt = {
+        "interval_seconds": interval,
+        "timeout_seconds": interval * 0.8,
+        **(sources_extra or {}),
+    }
     config = {
         "listen": {"address": "127.0.0.1", "port": port},
-        "sources": {"libvirt": {"interval_seconds": interval, "timeout_seconds": interval * 0.8}},
+        "sources": {"libvirt": libvirt},
         "attribution": {
             "metadata_rules": [
                 {
