@@ -69,15 +69,18 @@ def test_a_monitor_busy_past_the_deadline_is_quarantined_then_probed_alone(
         assert plan.query == ("a",) and plan.probe == ()
         assert tracker.quarantined == 1 and tracker.quarantines_total == 1
         # still busy: the quarantine is renewed, not counted again, not probed
-        tracker.plan([listed("a"), listed("b", CONTROL_OCCUPIED, 60)], now=60)
-        assert tracker.quarantines_total == 1
-        # monitor free again, but the quarantine (renewed at 60) runs until 100
-        assert tracker.plan([listed("a"), listed("b")], now=90).probe == ()
-        plan = tracker.plan([listed("a"), listed("b")], now=100)
+        plan = tracker.plan([listed("a"), listed("b", CONTROL_OCCUPIED, 60)], now=60)
+        assert tracker.quarantines_total == 1 and plan.probe == ()
+        # an unknown control state (the call failed) waits for the expiry, renewed at 60
+        assert tracker.plan([listed("a"), listed("b", None)], now=90).probe == ()
+        assert tracker.plan([listed("a"), listed("b", None)], now=100).probe == ("b",)
+        # the monitor is free again before the expiry: probed at once
+        tracker.quarantine("b", 100, "probe found the job busy")
+        plan = tracker.plan([listed("a"), listed("b")], now=105)
         assert plan.query == ("a",) and plan.probe == ("b",)
-        tracker.fresh("b", stats("b", 3.0), 100)
+        tracker.fresh("b", stats("b", 3.0), 105)
     assert tracker.quarantined == 0
-    assert tracker.plan([listed("a"), listed("b")], now=105).query == ("a", "b")
+    assert tracker.plan([listed("a"), listed("b")], now=110).query == ("a", "b")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
         "VM b (b) quarantined: QEMU monitor busy for 18 s",

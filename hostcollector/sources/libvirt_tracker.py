@@ -3,7 +3,8 @@
 Pure bookkeeping (no libvirt, the clock passed in), after oVirt VDSM's sampling: a domain whose
 QEMU monitor has been occupied longer than the poll deadline is stuck; it goes into quarantine
 for `quarantine_seconds` (deliberately not a multiple of the usual 15 s interval or of QEMU's
-30 s job timeout), is left out of the main path, and on expiry is retried alone. Meanwhile its
+30 s job timeout), is left out of the main path, and is retried alone on expiry, or earlier once
+its monitor is free again. Meanwhile its
 last good stats are served with their sample time, so the renderers can show the age.
 """
 
@@ -73,7 +74,9 @@ class DomainTracker:
                 )
             elif entry.quarantined_until is None:
                 query.append(domain.uuid)
-            elif now >= entry.quarantined_until:
+            elif now >= entry.quarantined_until or domain.control_state == CONTROL_OK:
+                # On expiry, or as soon as libvirt says the monitor is free again (the call
+                # that hung on it returned): the VM rejoins after one probe answers in full.
                 probe.append(domain.uuid)
         self._forget_all_but(domain.uuid for domain in listed)
         return Plan(tuple(query), tuple(probe))
