@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from hostcollector.model import AttributedVM, DomainStats, TenantClaim, VmFreshness
+from hostcollector.model import (
+    AttributedVF,
+    AttributedVM,
+    DomainStats,
+    TenantClaim,
+    VfStats,
+    VmFreshness,
+)
 
 
 def attribute_vms(
@@ -48,4 +55,20 @@ def attribute_vms(
                 job_active=fresh.job_active if fresh else None,
             )
         )
+    return tuple(attributed)
+
+
+def attribute_vfs(
+    vfs: Iterable[VfStats],
+    pci_devices: Mapping[str, Sequence[str]],
+    vms: Iterable[AttributedVM],
+) -> tuple[AttributedVF, ...]:
+    """A VF belongs to the VM whose domain has its PCI address as a hostdev, and so to that
+    VM's tenant. A VF no domain holds is exported with both empty."""
+    vm_by_pci = {pci: uuid for uuid, addresses in pci_devices.items() for pci in addresses}
+    tenant_by_vm = {vm.stats.uuid: vm.tenant_id for vm in vms}
+    attributed = []
+    for vf in vfs:
+        uuid = vm_by_pci.get(vf.pci_address or "", "")
+        attributed.append(AttributedVF(vf, uuid, tenant_by_vm.get(uuid, "")))
     return tuple(attributed)

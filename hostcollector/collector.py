@@ -13,10 +13,10 @@ import time
 from typing import Any, Protocol, runtime_checkable
 
 from hostcollector import __version__
-from hostcollector.attribution import attribute_vms
+from hostcollector.attribution import attribute_vfs, attribute_vms
 from hostcollector.config import Config
 from hostcollector.exposition import render
-from hostcollector.model import DomainStats, LibvirtHealth, LibvirtSample, Snapshot
+from hostcollector.model import DomainStats, LibvirtHealth, LibvirtSample, Snapshot, SriovSample
 from hostcollector.poller import Poller
 from hostcollector.sources import Source, build_sources
 from hostcollector.tenancy import compile_rules
@@ -106,20 +106,26 @@ class Collector:
         }
         attribution = self.config.attribution
         source = self.sources.get("libvirt")
+        vms = attribute_vms(
+            domains,
+            claims,
+            attribution.order,
+            attribution.info_labels,
+            libvirt.freshness if libvirt else None,
+            now,
+        )
+        sriov: SriovSample | None = self.latest.get("sriov")
         return Snapshot(
             taken_at=now,
-            vms=attribute_vms(
-                domains,
-                claims,
-                attribution.order,
-                attribution.info_labels,
-                libvirt.freshness if libvirt else None,
-                now,
-            ),
+            vms=vms,
             sources=tuple(poller.status() for poller in self.pollers.values()),
             tenant_map=self.tenant_map.status(),
             build=BUILD_LABELS,
             libvirt=source.health() if isinstance(source, HasHealth) else None,
+            pfs=sriov.pfs if sriov else (),
+            vfs=attribute_vfs(
+                sriov.vfs if sriov else (), libvirt.pci_devices if libvirt else {}, vms
+            ),
         )
 
     async def poll_all_once(self) -> None:

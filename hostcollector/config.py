@@ -103,8 +103,27 @@ class LibvirtConfig:
 
 
 @dataclass(frozen=True)
+class SriovConfig:
+    enabled: bool = True
+    # VF dumps hold the kernel's global network lock (~1-2 ms per VF): slower than libvirt.
+    interval_seconds: float = 30.0
+    timeout_seconds: float = 10.0
+    # Where sysfs is mounted; tests point it at a tree on disk.
+    sysfs_root: str = "/"
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.interval_seconds <= 0:
+            found.append("interval_seconds: must be > 0")
+        if not 0 < self.timeout_seconds <= self.interval_seconds:
+            found.append("timeout_seconds: must be > 0 and at most interval_seconds")
+        return found
+
+
+@dataclass(frozen=True)
 class SourcesConfig:
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
+    sriov: SriovConfig = field(default_factory=SriovConfig)
 
 
 @dataclass(frozen=True)

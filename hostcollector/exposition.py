@@ -358,6 +358,131 @@ INTERFACE_FAMILIES = (
     ),
 )
 
+
+def _vf(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+    return Family(PREFIX + name, kind, help, VF_LABELS, value)
+
+
+def _pf(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+    return Family(PREFIX + name, kind, help, ("pf", "pci_address"), value)
+
+
+VF_LABELS = ("pf", "vf", "pci_address", "vm_uuid", "tenant_id")
+MBPS = 125_000  # bytes per second in one Mbit/s
+
+# Per SR-IOV VF; value() receives VfStats. Counters from the PF's netlink IFLA_VF_STATS (or the
+# driver's sysfs stats where netlink's VF list was truncated).
+VF_FAMILIES = (
+    _vf(
+        "vf_receive_packets_total",
+        "counter",
+        "Packets the VF received (IFLA_VF_STATS_RX_PACKETS).",
+        lambda v: v.receive_packets,
+    ),
+    _vf(
+        "vf_transmit_packets_total",
+        "counter",
+        "Packets the VF sent (IFLA_VF_STATS_TX_PACKETS).",
+        lambda v: v.transmit_packets,
+    ),
+    _vf(
+        "vf_receive_bytes_total",
+        "counter",
+        "Bytes the VF received (IFLA_VF_STATS_RX_BYTES).",
+        lambda v: v.receive_bytes,
+    ),
+    _vf(
+        "vf_transmit_bytes_total",
+        "counter",
+        "Bytes the VF sent (IFLA_VF_STATS_TX_BYTES).",
+        lambda v: v.transmit_bytes,
+    ),
+    _vf(
+        "vf_receive_broadcast_packets_total",
+        "counter",
+        "Broadcast packets the VF received (IFLA_VF_STATS_BROADCAST).",
+        lambda v: v.receive_broadcast,
+    ),
+    _vf(
+        "vf_receive_multicast_packets_total",
+        "counter",
+        "Multicast packets the VF received (IFLA_VF_STATS_MULTICAST).",
+        lambda v: v.receive_multicast,
+    ),
+    _vf(
+        "vf_receive_drop_total",
+        "counter",
+        "Received packets the VF dropped (IFLA_VF_STATS_RX_DROPPED; kernels >= 4.20).",
+        lambda v: v.receive_drop,
+    ),
+    _vf(
+        "vf_transmit_drop_total",
+        "counter",
+        "Transmitted packets the VF dropped (IFLA_VF_STATS_TX_DROPPED; kernels >= 4.20).",
+        lambda v: v.transmit_drop,
+    ),
+    _vf(
+        "vf_min_transmit_rate_bytes_per_second",
+        "gauge",
+        "Guaranteed transmit rate of the VF (IFLA_VF_RATE min_tx_rate, Mbit/s -> bytes/s); 0: none.",
+        lambda v: None if v.min_tx_rate_mbps is None else v.min_tx_rate_mbps * MBPS,
+    ),
+    _vf(
+        "vf_max_transmit_rate_bytes_per_second",
+        "gauge",
+        "Transmit rate limit of the VF (IFLA_VF_RATE max_tx_rate, Mbit/s -> bytes/s); 0: unlimited.",
+        lambda v: None if v.max_tx_rate_mbps is None else v.max_tx_rate_mbps * MBPS,
+    ),
+)
+VF_INFO = Family(
+    PREFIX + "vf_info",
+    "info",
+    "Configuration of a VF: MAC, VLAN, QoS, spoof check, trust, link state, and where its "
+    "counters came from (netlink, sysfs, or none). Always 1.",
+    (*VF_LABELS, "mac", "vlan", "qos", "spoof_check", "trust", "link_state", "stats_source"),
+    lambda _: None,
+)
+# Per PF; value() receives PfStats.
+PF_FAMILIES = (
+    _pf("pf_vfs", "gauge", "VFs enabled on the PF (sriov_numvfs).", lambda p: p.numvfs),
+    _pf(
+        "pf_vfs_reported",
+        "gauge",
+        "VFs the kernel listed in the PF's netlink link info.",
+        lambda p: p.vfs_reported,
+    ),
+    _pf(
+        "pf_vf_list_truncated",
+        "gauge",
+        "1 when netlink listed fewer VFs than sriov_numvfs (the 16-bit attribute length cuts the list above ~220 VFs); the missing VFs come from sysfs or are absent, never zero.",
+        lambda p: int(p.truncated),
+    ),
+    _pf(
+        "pf_receive_bytes_total",
+        "counter",
+        "Bytes the PF received, VFs' traffic included where the driver counts it (IFLA_STATS64 rx_bytes).",
+        lambda p: p.receive_bytes,
+    ),
+    _pf(
+        "pf_receive_packets_total",
+        "counter",
+        "Packets the PF received (IFLA_STATS64 rx_packets).",
+        lambda p: p.receive_packets,
+    ),
+    _pf(
+        "pf_transmit_bytes_total",
+        "counter",
+        "Bytes the PF sent (IFLA_STATS64 tx_bytes).",
+        lambda p: p.transmit_bytes,
+    ),
+    _pf(
+        "pf_transmit_packets_total",
+        "counter",
+        "Packets the PF sent (IFLA_STATS64 tx_packets).",
+        lambda p: p.transmit_packets,
+    ),
+)
+
 VM_INFO = Family(
     PREFIX + "vm_info",
     "info",
@@ -432,6 +557,12 @@ SELF_FAMILIES = (
         "Domains whose stats NOWAIT returned partial because their job was busy; their last good values were kept.",
     ),
     _self_family("vms", "gauge", "VMs exported, in any state."),
+    _self_family("vfs", "gauge", "SR-IOV VFs exported."),
+    _self_family(
+        "vfs_unattributed",
+        "gauge",
+        "VFs no domain holds as a hostdev (free, or given to something that is not a libvirt domain).",
+    ),
     _self_family(
         "vms_unattributed",
         "gauge",
@@ -468,6 +599,9 @@ ALL_FAMILIES = (
     *BLOCK_FAMILIES,
     BLOCK_INFO,
     *INTERFACE_FAMILIES,
+    *VF_FAMILIES,
+    VF_INFO,
+    *PF_FAMILIES,
     *SELF_FAMILIES,
 )
 
@@ -571,11 +705,51 @@ def render(snapshot: Snapshot, *, openmetrics: bool = False) -> bytes:
     for family in INTERFACE_FAMILIES:
         w.family(family, ((labels, family.value(n)) for labels, n in per_nic))
 
+    _render_sriov(w, snapshot)
     _render_self(w, snapshot)
     if openmetrics:
         w.lines.append("# EOF")
     w.lines.append("")
     return "\n".join(w.lines).encode("utf-8", "replace")
+
+
+def _flag(value: bool | None) -> str:
+    return "" if value is None else str(value).lower()
+
+
+def _render_sriov(w: _Writer, snapshot: Snapshot) -> None:
+    per_vf = [
+        (
+            _labels(
+                (
+                    ("pf", a.vf.pf),
+                    ("vf", str(a.vf.index)),
+                    ("pci_address", a.vf.pci_address or ""),
+                    ("vm_uuid", a.vm_uuid),
+                    ("tenant_id", a.tenant_id),
+                )
+            ),
+            a.vf,
+        )
+        for a in snapshot.vfs
+    ]
+    for family in VF_FAMILIES:
+        w.family(family, ((labels, family.value(vf)) for labels, vf in per_vf))
+    w.header(VF_INFO)
+    for labels, vf in per_vf:
+        config = (
+            ("mac", vf.mac or ""),
+            ("vlan", "" if vf.vlan is None else str(vf.vlan)),
+            ("qos", "" if vf.qos is None else str(vf.qos)),
+            ("spoof_check", _flag(vf.spoof_check)),
+            ("trust", _flag(vf.trust)),
+            ("link_state", vf.link_state or ""),
+            ("stats_source", vf.stats_source),
+        )
+        w.sample(VF_INFO.name, f"{labels},{_labels(config)}", 1)
+    per_pf = [(_labels((("pf", p.name), ("pci_address", p.pci_address))), p) for p in snapshot.pfs]
+    for family in PF_FAMILIES:
+        w.family(family, ((labels, family.value(pf)) for labels, pf in per_pf))
 
 
 def _render_self(w: _Writer, snapshot: Snapshot) -> None:
@@ -613,6 +787,8 @@ def _render_self(w: _Writer, snapshot: Snapshot) -> None:
         one("libvirt_quarantines_total", health.quarantines_total)
         one("libvirt_busy_domains_total", health.busy_domains_total)
     one("vms", len(snapshot.vms))
+    one("vfs", len(snapshot.vfs))
+    one("vfs_unattributed", sum(1 for vf in snapshot.vfs if not vf.vm_uuid))
     one("vms_unattributed", sum(1 for vm in snapshot.vms if not vm.tenant_id))
     one("tenants", len({vm.tenant_id for vm in snapshot.vms if vm.tenant_id}))
     tm = snapshot.tenant_map

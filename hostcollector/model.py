@@ -121,6 +121,8 @@ class LibvirtSample:
     metadata_claims: dict[str, TenantClaim | None]
     freshness: dict[str, VmFreshness]
     listed_at: float  # Unix time of the domain listing this sample is built on
+    # PCI addresses of each domain's hostdevs (<hostdev type='pci'>, <interface type='hostdev'>)
+    pci_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # What libvirt returned, when recording (`dump --raw`): per domain uuid, name, stats, metadata.
     raw: tuple[dict[str, object], ...] | None = None
 
@@ -134,6 +136,61 @@ class LibvirtHealth:
     quarantined_vms: int
     quarantines_total: int
     busy_domains_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class VfStats:
+    """One SR-IOV virtual function: its config and counters as the PF's driver reports them."""
+
+    pf: str
+    index: int
+    pci_address: str | None  # from the PF's virtfnN link; None if sysfs did not say
+    stats_source: str  # "netlink", "sysfs" (netlink's list was truncated), "" (no counters)
+    mac: str | None = None
+    vlan: int | None = None
+    qos: int | None = None
+    spoof_check: bool | None = None
+    trust: bool | None = None
+    link_state: str | None = None  # auto, enable, disable
+    min_tx_rate_mbps: int | None = None
+    max_tx_rate_mbps: int | None = None
+    receive_packets: int | None = None
+    transmit_packets: int | None = None
+    receive_bytes: int | None = None
+    transmit_bytes: int | None = None
+    receive_broadcast: int | None = None
+    receive_multicast: int | None = None
+    receive_drop: int | None = None  # kernels before 4.20 have no VF drop counters
+    transmit_drop: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PfStats:
+    name: str
+    pci_address: str
+    numvfs: int  # sriov_numvfs
+    vfs_reported: int  # VFs in netlink's IFLA_VFINFO_LIST
+    truncated: bool  # the kernel cut the VF list (netlink attributes are 16-bit long)
+    receive_bytes: int | None = None
+    receive_packets: int | None = None
+    transmit_bytes: int | None = None
+    transmit_packets: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SriovSample:
+    pfs: tuple[PfStats, ...]
+    vfs: tuple[VfStats, ...]
+    # What the kernel returned, when recording (`dump --raw`): per PF its sysfs facts and the
+    # RTM_NEWLINK message bytes, base64.
+    raw: tuple[dict[str, object], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttributedVF:
+    vf: VfStats
+    vm_uuid: str  # "" when no domain has the VF's PCI address as a hostdev
+    tenant_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,3 +226,5 @@ class Snapshot:
     tenant_map: TenantMapStatus
     build: tuple[tuple[str, str], ...] = ()
     libvirt: LibvirtHealth | None = None
+    pfs: tuple[PfStats, ...] = ()
+    vfs: tuple[AttributedVF, ...] = ()

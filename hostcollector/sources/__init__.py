@@ -29,8 +29,17 @@ def _libvirt(config: Config, rules: Sequence[MetadataRule], record_raw: bool) ->
     return LibvirtSource(config.sources.libvirt, rules, record_raw=record_raw)
 
 
+def _sriov(config: Config, _rules: Sequence[MetadataRule], record_raw: bool) -> Source | None:
+    if not config.sources.sriov.enabled:
+        return None
+    from hostcollector.sources.sriov import SriovSource
+
+    return SriovSource(config.sources.sriov, record_raw=record_raw)
+
+
 SOURCES: dict[str, Callable[[Config, Sequence[MetadataRule], bool], Source | None]] = {
     "libvirt": _libvirt,
+    "sriov": _sriov,
 }
 
 

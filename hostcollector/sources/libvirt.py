@@ -38,6 +38,7 @@ from typing import Any
 from hostcollector.config import LibvirtConfig
 from hostcollector.errors import SourceError
 from hostcollector.model import LibvirtHealth, LibvirtSample, TenantClaim
+from hostcollector.sources.domain_xml import hostdev_pci_addresses
 from hostcollector.sources.libvirt_stats import is_partial, parse_domain_stats
 from hostcollector.sources.libvirt_tracker import CONTROL_OCCUPIED, DomainTracker, ListedDomain
 from hostcollector.sources.worker import BlockingLane
@@ -98,8 +99,11 @@ def _run_events(libvirt: Any) -> None:
 
 @dataclass
 class _CachedMetadata:
+    """What a domain's definition says, re-read only on events or after metadata_refresh."""
+
     xml_by_namespace: dict[str, str | None]
     claim: TenantClaim | None
+    pci_devices: tuple[str, ...]  # hostdev PCI addresses, for SR-IOV VF and GPU attribution
     fetched_at: float
 
 
@@ -108,6 +112,7 @@ class _Listing:
     domains: tuple[ListedDomain, ...]
     handles: dict[str, Any]  # uuid -> virDomain, on the main connection
     claims: dict[str, TenantClaim | None]
+    pci_devices: dict[str, tuple[str, ...]]
 
 
 class _ThreadConnections:
@@ -201,7 +206,14 @@ class LibvirtSource:
                 for uuid in listing.handles
                 if uuid in self._raw
             )
-        return LibvirtSample(domains, listing.claims, freshness, listed_at, raw)
+        return LibvirtSample(
+            domains,
+            listing.claims,
+            freshness,
+            listed_at,
+            pci_devices=listing.pci_devices,
+            raw=raw,
+        )
 
     async def close(self) -> None:
         if self._probe_task is not None:
@@ -328,6 +340,7 @@ class LibvirtSource:
         domains = []
         by_uuid = {}
         claims: dict[str, TenantClaim | None] = {}
+        pci_devices: dict[str, tuple[str, ...]] = {}
         now = time.monotonic()
         for dom in handles:
             uuid = dom.UUIDString()
@@ -339,11 +352,13 @@ class LibvirtSource:
             by_uuid[uuid] = dom
             cached = self._cached_metadata(libvirt, dom, uuid, now)
             claims[uuid] = cached.claim if cached else None
+            if cached and cached.pci_devices:
+                pci_devices[uuid] = cached.pci_devices
         for gone in self._metadata.keys() - by_uuid.keys():
             del self._metadata[gone]
         for gone in self._raw.keys() - by_uuid.keys():
             del self._raw[gone]
-        return _Listing(tuple(domains), by_uuid, claims)
+        return _Listing(tuple(domains), by_uuid, claims, pci_devices)
 
     def _control_info(self, dom: Any) -> tuple[int | None, float]:
         libvirt = _libvirt()
@@ -423,6 +438,9 @@ class LibvirtSource:
             conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata, None
             )
+            # hostdevs attached or detached at run time change the VF and GPU attribution
+            for event in ("VIR_DOMAIN_EVENT_ID_DEVICE_ADDED", "VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED"):
+                conn.domainEventRegisterAny(None, getattr(libvirt, event), self._on_device, None)
         except libvirt.libvirtError as exc:
             # Events are an optimisation: without them metadata_refresh_seconds still applies.
             log.warning(
@@ -464,7 +482,14 @@ class LibvirtSource:
                 # churn. Keep what we had and try again next cycle.
                 log.debug("metadata of %s unavailable: %s", uuid, _describe(exc))
                 return cached
-        entry = _CachedMetadata(xml_by_namespace, parse_tenant(xml_by_namespace, self._rules), now)
+        try:
+            # The live definition: hostdevs attached at run time appear here. No monitor call.
+            devices = hostdev_pci_addresses(dom.XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            log.debug("definition of %s unavailable: %s", uuid, _describe(exc))
+            return cached
+        claim = parse_tenant(xml_by_namespace, self._rules)
+        entry = _CachedMetadata(xml_by_namespace, claim, devices, now)
         self._metadata[uuid] = entry
         return entry
 
@@ -481,6 +506,9 @@ class LibvirtSource:
         self._mark_stale(dom)
 
     def _on_metadata(self, _conn: Any, dom: Any, _kind: int, _nsuri: Any, _opaque: Any) -> None:
+        self._mark_stale(dom)
+
+    def _on_device(self, _conn: Any, dom: Any, _alias: str, _opaque: Any) -> None:
         self._mark_stale(dom)
 
     def _mark_stale(self, dom: Any) -> None:

@@ -24,7 +24,8 @@ start_daemon() {  # name logfile
     </dev/null >>"$log" 2>&1 &
   local pid=""
   for _ in $(seq 1 50); do
-    pid=$(live_pids "$name" | head -n1)
+    pids=$(live_pids "$name")  # not "| head": a SIGPIPE fails the pipeline under pipefail
+    pid=${pids%%$'\n'*}
     [ -n "$pid" ] && break
     sleep 0.1
   done

@@ -31,7 +31,7 @@ while :; do
   [ -z "$pending" ] && break
   if [ "$SECONDS" -ge "$deadline" ]; then
     for name in $pending; do
-      echo "--- $name: state '$(virsh -q -c "$LIBVIRT_URI" domstate "$name" 2>/dev/null | head -n1)', console $LAB_DIR/console/$name.log:" >&2
+      echo "--- $name: state '$(virsh -q -c "$LIBVIRT_URI" domstate "$name" 2>/dev/null | sed -n 1p)', console $LAB_DIR/console/$name.log:" >&2
       tail -n 15 "$LAB_DIR/console/$name.log" >&2 2>/dev/null || true
     done
     die "no guest load after ${timeout_s} s from:$pending (want block.0.wr.bytes > 0 and net.0.tx.pkts > 0 in virsh domstats)"

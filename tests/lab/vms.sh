@@ -26,7 +26,7 @@ lab_domains() {
   virsh_ list --all --name | awk -v a="$LAB_PREFIX" -v b="$SCRATCH_PREFIX" 'index($0, a) == 1 || index($0, b) == 1'
 }
 
-dom_state() { virsh_ domstate "$1" 2>/dev/null | head -n 1; }
+dom_state() { virsh_ domstate "$1" 2>/dev/null | sed -n 1p; }
 
 cmd_up() {
   require_libvirt

@@ -1,0 +1,251 @@
+"""The SR-IOV source: VF counters and config from the PF's netlink link info.
+
+A VF handed to a guest has no tap device, so libvirt knows nothing of its traffic; only the
+physical function's driver does. For each PF found in sysfs (sriov_sysfs.py) this asks the kernel
+for RTM_GETLINK with RTEXT_FILTER_VF, one PF at a time (a VF dump holds the kernel's global RTNL
+lock ~1-2 ms per VF), on the source's own interval.
+
+The only module that imports `pyroute2`, lazily. Live data and recorded fixtures take the same
+path: the RTM_NEWLINK message's bytes -> `parse_link_message` -> `build_pf_sample`.
+
+The kernel cuts the VF list when the nested attribute would pass 64 KiB (~220 VFs on common
+drivers: netlink attribute lengths are 16 bits). Such a PF is reported truncated; its missing VFs
+take their counters from the driver's sysfs stats where it keeps them, and are otherwise left out,
+never shown as zeros.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from hostcollector.config import SriovConfig
+from hostcollector.errors import SourceError
+from hostcollector.model import PfStats, SriovSample, VfStats
+from hostcollector.sources.sriov_sysfs import (
+    PhysicalFunction,
+    discover_pfs,
+    read_vf_sysfs_stats,
+)
+from hostcollector.sources.worker import BlockingLane
+
+log = logging.getLogger(__name__)
+
+RTEXT_FILTER_VF = 1
+_LINK_STATES = {0: "auto", 1: "enable", 2: "disable"}
+_VF_COUNTERS = {
+    "IFLA_VF_STATS_RX_PACKETS": "receive_packets",
+    "IFLA_VF_STATS_TX_PACKETS": "transmit_packets",
+    "IFLA_VF_STATS_RX_BYTES": "receive_bytes",
+    "IFLA_VF_STATS_TX_BYTES": "transmit_bytes",
+    "IFLA_VF_STATS_BROADCAST": "receive_broadcast",
+    "IFLA_VF_STATS_MULTICAST": "receive_multicast",
+    "IFLA_VF_STATS_RX_DROPPED": "receive_drop",
+    "IFLA_VF_STATS_TX_DROPPED": "transmit_drop",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """What one RTM_NEWLINK message says of a link and its VFs."""
+
+    name: str | None
+    num_vf: int | None
+    link_stats: dict[str, int]
+    vfs: tuple[dict[str, Any], ...]  # VfStats fields by VF, from IFLA_VFINFO_LIST
+
+
+def parse_link_message(data: bytes) -> LinkInfo:
+    """Decode one RTM_NEWLINK message in the kernel's binary layout."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    msg = ifinfmsg(data)
+    msg.decode()
+    stats = msg.get_attr("IFLA_STATS64") or {}
+    vfs = []
+    vflist = msg.get_attr("IFLA_VFINFO_LIST")
+    for info in vflist.get_attrs("IFLA_VF_INFO") if vflist is not None else ():
+        vfs.append(_parse_vf(info))
+    return LinkInfo(
+        name=msg.get_attr("IFLA_IFNAME"),
+        num_vf=msg.get_attr("IFLA_NUM_VF"),
+        link_stats={k: v for k, v in stats.items() if isinstance(v, int)},
+        vfs=tuple(vfs),
+    )
+
+
+def _parse_vf(info: Any) -> dict[str, Any]:
+    mac = info.get_attr("IFLA_VF_MAC") or {}
+    fields: dict[str, Any] = {"index": mac.get("vf")}
+    if mac.get("mac"):
+        fields["mac"] = mac["mac"]
+    vlan = info.get_attr("IFLA_VF_VLAN")
+    if vlan:
+        fields["index"] = vlan["vf"] if fields["index"] is None else fields["index"]
+        fields["vlan"], fields["qos"] = vlan["vlan"], vlan["qos"]
+    spoof = info.get_attr("IFLA_VF_SPOOFCHK")
+    if spoof and spoof["spoofchk"] != 0xFFFFFFFF:  # -1: the driver does not support it
+        fields["spoof_check"] = bool(spoof["spoofchk"])
+    trust = info.get_attr("IFLA_VF_TRUST")
+    if trust and trust["trust"] != 0xFFFFFFFF:
+        fields["trust"] = bool(trust["trust"])
+    link_state = info.get_attr("IFLA_VF_LINK_STATE")
+    if link_state:
+        fields["link_state"] = _LINK_STATES.get(link_state["link_state"])
+    rate = info.get_attr("IFLA_VF_RATE")
+    if rate:
+        fields["min_tx_rate_mbps"], fields["max_tx_rate_mbps"] = (
+            rate["min_tx_rate"],
+            rate["max_tx_rate"],
+        )
+    stats = info.get_attr("IFLA_VF_STATS")
+    if stats is not None:
+        for attr, name in _VF_COUNTERS.items():
+            value = stats.get_attr(attr)
+            if value is not None:
+                fields[name] = value
+    return fields
+
+
+def build_pf_sample(
+    pf: PhysicalFunction,
+    link: LinkInfo,
+    sysfs_stats: Callable[[str, int], dict[str, int] | None],
+) -> tuple[PfStats, list[VfStats]]:
+    """Join netlink's view of a PF with sysfs's; fill a truncated VF list from sysfs."""
+    vfs: list[VfStats] = []
+    seen: set[int] = set()
+    for fields in link.vfs:
+        index = fields.get("index")
+        if not isinstance(index, int) or index in seen:
+            continue
+        seen.add(index)
+        has_counters = "receive_packets" in fields or "receive_bytes" in fields
+        vfs.append(
+            VfStats(
+                pf=pf.name,
+                pci_address=pf.vf_pci.get(index),
+                stats_source="netlink" if has_counters else "",
+                **fields,
+            )
+        )
+    expected = max(pf.numvfs, link.num_vf or 0)
+    truncated = len(seen) < expected
+    if truncated:
+        for index in range(expected):
+            if index in seen:
+                continue
+            counters = sysfs_stats(pf.name, index)
+            if counters:  # otherwise left out: a missing VF is never shown as zeros
+                vfs.append(
+                    VfStats(
+                        pf=pf.name,
+                        index=index,
+                        pci_address=pf.vf_pci.get(index),
+                        stats_source="sysfs",
+                        **cast(dict[str, Any], counters),
+                    )
+                )
+    stats = link.link_stats
+    pf_stats = PfStats(
+        name=pf.name,
+        pci_address=pf.pci_address,
+        numvfs=pf.numvfs,
+        vfs_reported=len(seen),
+        truncated=truncated,
+        receive_bytes=stats.get("rx_bytes"),
+        receive_packets=stats.get("rx_packets"),
+        transmit_bytes=stats.get("tx_bytes"),
+        transmit_packets=stats.get("tx_packets"),
+    )
+    return pf_stats, sorted(vfs, key=lambda vf: vf.index)
+
+
+class NetlinkLinks:
+    """One rtnetlink socket, reopened after an error; returns raw RTM_NEWLINK bytes."""
+
+    def __init__(self) -> None:
+        self._ipr: Any = None
+
+    def fetch(self, ifindex: int) -> bytes | None:
+        """The link's message with VF info, or None if the link is gone."""
+        try:
+            from pyroute2 import IPRoute
+            from pyroute2.netlink.exceptions import NetlinkError
+        except ImportError as exc:
+            raise SourceError("no_library", f"pyroute2 is not installed: {exc}") from exc
+        if self._ipr is None:
+            self._ipr = IPRoute()
+        try:
+            (msg,) = self._ipr.link("get", index=ifindex, ext_mask=RTEXT_FILTER_VF)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None  # the PF vanished between sysfs and netlink: driver reload
+            raise SourceError("netlink", f"RTM_GETLINK {ifindex}: {exc}") from exc
+        except OSError as exc:
+            self.close()
+            raise SourceError("netlink", f"RTM_GETLINK {ifindex}: {exc}") from exc
+        return bytes(msg.data[msg.offset : msg.offset + msg["header"]["length"]])
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            try:
+                self._ipr.close()
+            finally:
+                self._ipr = None
+
+
+class SriovSource:
+    name = "sriov"
+
+    def __init__(self, config: SriovConfig, *, record_raw: bool = False) -> None:
+        self.config = config
+        self._record_raw = record_raw
+        self._lane = BlockingLane("sriov")
+        self._links = NetlinkLinks()
+
+    @property
+    def interval_seconds(self) -> float:
+        return self.config.interval_seconds
+
+    async def poll(self) -> SriovSample:
+        return await self._lane.call(self._collect, self.config.timeout_seconds)
+
+    async def close(self) -> None:
+        self._lane.shutdown()
+        self._links.close()
+
+    def _collect(self) -> SriovSample:
+        root = self.config.sysfs_root
+        pfs: list[PfStats] = []
+        vfs: list[VfStats] = []
+        raw: list[dict[str, object]] = []
+        for pf in discover_pfs(root):  # one PF at a time: each dump holds the RTNL lock
+            data = self._links.fetch(pf.ifindex)
+            if data is None:
+                continue
+            pf_stats, pf_vfs = build_pf_sample(
+                pf, parse_link_message(data), lambda name, vf: read_vf_sysfs_stats(root, name, vf)
+            )
+            if pf_stats.truncated:
+                log.debug(
+                    "%s: netlink listed %d of %d VFs", pf.name, pf_stats.vfs_reported, pf.numvfs
+                )
+            pfs.append(pf_stats)
+            vfs.extend(pf_vfs)
+            if self._record_raw:
+                raw.append(
+                    {
+                        "pf": pf.name,
+                        "ifindex": pf.ifindex,
+                        "pci_address": pf.pci_address,
+                        "numvfs": pf.numvfs,
+                        "vf_pci": {str(k): v for k, v in pf.vf_pci.items()},
+                        "rtm_newlink_base64": base64.b64encode(data).decode(),
+                    }
+                )
+        return SriovSample(tuple(pfs), tuple(vfs), tuple(raw) if self._record_raw else None)

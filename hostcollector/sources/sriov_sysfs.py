@@ -1,0 +1,112 @@
+"""SR-IOV topology from sysfs: which netdevs are PFs, their VFs' PCI addresses, per-VF stats.
+
+Everything is read below a configurable root ("/" on a host, a tree on disk in tests):
+
+- a PF is a netdev whose `device/sriov_numvfs` is above 0 (`/sys/class/net/<pf>/device/...`);
+- `device/virtfn<N>` links to VF N's PCI device; its name is the VF's PCI address;
+- some drivers also keep per-VF counters in sysfs, used where netlink's VF list was truncated:
+  `device/sriov/<N>/stats/<counter>` files (i40e/ice out-of-tree drivers), or one
+  `device/sriov/<N>/stats` file of `name: value` lines (mlx5).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# sysfs counter names -> VfCounters fields
+_SYSFS_COUNTERS = {
+    "rx_packets": "receive_packets",
+    "tx_packets": "transmit_packets",
+    "rx_bytes": "receive_bytes",
+    "tx_bytes": "transmit_bytes",
+    "rx_broadcast": "receive_broadcast",
+    "rx_multicast": "receive_multicast",
+    "rx_dropped": "receive_drop",
+    "tx_dropped": "transmit_drop",
+    # mlx5 spells some differently
+    "rx_broadcast_packets": "receive_broadcast",
+    "rx_multicast_packets": "receive_multicast",
+    "rx_discards": "receive_drop",
+    "tx_discards": "transmit_drop",
+}
+_VIRTFN = re.compile(r"^virtfn(\d+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class PhysicalFunction:
+    name: str
+    ifindex: int
+    pci_address: str
+    numvfs: int  # sriov_numvfs: the VFs the kernel says exist
+    vf_pci: dict[int, str]  # VF index -> PCI address
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read(path)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def discover_pfs(root: str | Path = "/") -> list[PhysicalFunction]:
+    """Every netdev with VFs enabled. PFs and VFs may come and go (driver reloads, numvfs
+    changes) between any two reads: whatever vanished midway is skipped, never an error."""
+    net = Path(root, "sys/class/net")
+    try:
+        names = sorted(os.listdir(net))
+    except OSError:
+        return []
+    pfs = []
+    for name in names:
+        device = net / name / "device"
+        numvfs = _read_int(device / "sriov_numvfs")
+        ifindex = _read_int(net / name / "ifindex")
+        if not numvfs or ifindex is None:
+            continue
+        try:
+            pci_address = os.path.basename(os.readlink(device))
+            entries = os.listdir(device)
+        except OSError:
+            continue
+        vf_pci = {}
+        for entry in entries:
+            match = _VIRTFN.match(entry)
+            if match is None:
+                continue
+            try:
+                vf_pci[int(match.group(1))] = os.path.basename(os.readlink(device / entry))
+            except OSError:
+                continue
+        pfs.append(
+            PhysicalFunction(name, ifindex, pci_address, numvfs, dict(sorted(vf_pci.items())))
+        )
+    return pfs
+
+
+def read_vf_sysfs_stats(root: str | Path, pf: str, vf: int) -> dict[str, int] | None:
+    """The driver's own per-VF counters, or None where the driver keeps none."""
+    base = Path(root, "sys/class/net", pf, "device/sriov", str(vf), "stats")
+    counters: dict[str, int] = {}
+    if base.is_dir():
+        for name, counter in _SYSFS_COUNTERS.items():
+            value = _read_int(base / name)
+            if value is not None:
+                counters[counter] = value
+    elif base.is_file():
+        for line in (_read(base) or "").splitlines():
+            name, _, text = line.partition(":")
+            known = _SYSFS_COUNTERS.get(name.strip())
+            if known is not None and text.strip().isdigit():
+                counters[known] = int(text.strip())
+    return counters or None
