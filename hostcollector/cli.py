@@ -88,20 +88,19 @@ def _run(config: Config) -> int:
     from aiohttp import web
 
     from hostcollector.app import build_app
+    from hostcollector.collector import Collector
 
     _setup_logging(config)
-    log = logging.getLogger("hostcollector")
-    log.info(
+    collector = Collector(config)
+    logging.getLogger("hostcollector").info(
         "hostcollector %s listening on http://%s:%d/metrics, sources: %s",
         __version__,
         config.listen.address,
         config.listen.port,
-        ", ".join(
-            name for name, enabled in (("libvirt", config.sources.libvirt.enabled),) if enabled
-        ),
+        ", ".join(collector.sources) or "none",
     )
     web.run_app(
-        build_app(config),
+        build_app(config, collector),
         host=config.listen.address,
         port=config.listen.port,
         print=None,
