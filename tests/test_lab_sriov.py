@@ -181,3 +181,33 @@ def test_vfs_are_attributed_through_domains_in_libvirtd(hostdev_vms: None, tmp_p
     for _name, uuid, tenant, _vf, _how in HOSTDEV_VMS:
         assert vms[uuid].tenant_id == tenant  # the shut-off domain is exported with its tenant
         assert vms[uuid].stats.state == 5
+
+
+def test_source_reads_the_live_kernel_from_its_lane_thread(tmp_path: Path) -> None:
+    """The full source, real socket: sysfs (on disk) claims loopback is a PF with 2 VFs."""
+    root = tmp_path / "root"
+    net = root / "sys/class/net/lo"
+    device = root / "sys/devices/virtual/lo-as-pf"
+    device.mkdir(parents=True)
+    net.mkdir(parents=True)
+    (net / "ifindex").write_text(Path("/sys/class/net/lo/ifindex").read_text())
+    (device / "sriov_numvfs").write_text("2\n")
+    (net / "device").symlink_to(device)
+    config = Config(
+        sources=SourcesConfig(
+            libvirt=LibvirtConfig(enabled=False), sriov=SriovConfig(sysfs_root=str(root))
+        )
+    )
+
+    async def go() -> object:
+        collector = Collector(config)
+        try:
+            return await collector.pollers["sriov"].poll_once()
+        finally:
+            await collector.stop()
+
+    sample = asyncio.run(go())
+    (pf,) = sample.pfs  # type: ignore[attr-defined]
+    assert (pf.name, pf.numvfs, pf.vfs_reported, pf.truncated) == ("lo", 2, 0, True)
+    assert pf.receive_bytes is not None and pf.receive_bytes > 0
+    assert sample.vfs == ()  # type: ignore[attr-defined]

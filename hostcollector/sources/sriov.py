@@ -17,6 +17,7 @@ never shown as zeros.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import logging
 from collections.abc import Callable
@@ -216,8 +217,10 @@ class SriovSource:
         return await self._lane.call(self._collect, self.config.timeout_seconds)
 
     async def close(self) -> None:
+        # pyroute2's socket belongs to the thread that opened it: close it there.
+        with contextlib.suppress(SourceError):
+            await self._lane.call(self._links.close, self.config.timeout_seconds)
         self._lane.shutdown()
-        self._links.close()
 
     def _collect(self) -> SriovSample:
         root = self.config.sysfs_root
