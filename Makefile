@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both set up what they need.
-.PHONY: bootstrap lab lab-down run test lint unit dump readme-table bench-hung
+.PHONY: bootstrap lab lab-down run test lint unit dump readme-table bench-hung bench-lab
 SHELL := /bin/bash
 VENV := .venv/bin
 
@@ -49,6 +49,11 @@ readme-table: bootstrap
 	i, j = s.index(a) + len(a), s.index(b); p.write_text(s[:i] + metrics_table() + s[j:])'
 
 # Benchmarks write reports to bench-results/; they assert nothing.
+# What the collector costs per poll and per scrape on the lab.
+bench-lab: bootstrap
+	tests/lab/up.sh
+	$(VENV)/python tests/bench/lab_cost.py
+
 # hostcollector vs Debian's prometheus-libvirt-exporter with one guest's QEMU stopped.
 bench-hung: bootstrap
 	@dpkg-query -W prometheus-libvirt-exporter >/dev/null 2>&1 || \
