@@ -42,7 +42,9 @@ def rss_bytes(pid: int) -> int:
 
 
 def libvirtd_pid() -> int:
-    out = subprocess.run(["ps", "-C", "libvirtd", "-o", "pid=,stat="], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-C", "libvirtd", "-o", "pid=,stat="], capture_output=True, text=True
+    ).stdout
     return next(int(line.split()[0]) for line in out.splitlines() if "Z" not in line.split()[1])
 
 
@@ -52,14 +54,19 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--scrapes", type=int, default=500)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, run_daemon(Path(tmp), interval=args.interval) as daemon:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        run_daemon(Path(tmp), interval=args.interval) as daemon,
+    ):
         daemon.wait_polls(2)  # warm: connections open, metadata cached
         pid, lpid = daemon.process.pid, libvirtd_pid()
         own0, lv0 = cpu_seconds(pid), cpu_seconds(lpid)
         durations = []
         for _ in range(args.polls):
             samples = daemon.wait_polls(1)
-            durations.append(one(samples, "hostcollector_source_last_poll_duration_seconds", source="libvirt"))
+            durations.append(
+                one(samples, "hostcollector_source_last_poll_duration_seconds", source="libvirt")
+            )
         own, lv = cpu_seconds(pid) - own0, cpu_seconds(lpid) - lv0
         vms = len(pick(samples, "hostcollector_vm_info"))
         series = int(one(samples, "hostcollector_exposition_series"))
@@ -88,11 +95,14 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     (OUT / "lab-cost.json").write_text(json.dumps(report, indent=2))
     lines = ["| measure | value |", "| --- | --- |"] + [
-        f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in report.items()
+        f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
+        for k, v in report.items()
     ]
     (OUT / "lab-cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print("note: CPU from /proc utime+stime, 1/%d s resolution; the idle daemon's own timers included" % TICK)
+    print(
+        f"note: CPU from /proc utime+stime, 1/{TICK} s resolution; includes the daemon's idle timers"
+    )
     return 0
 
 
