@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from hostcollector.model import (
+    AttributedGpu,
     AttributedVF,
     AttributedVM,
     DomainStats,
+    GpuStats,
     TenantClaim,
     VfStats,
     VmFreshness,
@@ -71,4 +73,35 @@ def attribute_vfs(
     for vf in vfs:
         uuid = vm_by_pci.get(vf.pci_address or "", "")
         attributed.append(AttributedVF(vf, uuid, tenant_by_vm.get(uuid, "")))
+    return tuple(attributed)
+
+
+def attribute_gpus(
+    gpus: Iterable[GpuStats],
+    pci_devices: Mapping[str, Sequence[str]],
+    mdev_devices: Mapping[str, Sequence[str]],
+    vms: Iterable[AttributedVM],
+) -> tuple[AttributedGpu, ...]:
+    """A GPU passed through whole belongs to the domain holding its PCI address. A vGPU belongs
+    to the domain holding its VF (SR-IOV vGPU) or its mdev, else to the VM the host driver
+    names, by domain UUID or by domain name."""
+    vm_by_pci = {pci: uuid for uuid, addresses in pci_devices.items() for pci in addresses}
+    vm_by_mdev = {mdev: uuid for uuid, mdevs in mdev_devices.items() for mdev in mdevs}
+    tenant_by_vm = {vm.stats.uuid: vm.tenant_id for vm in vms}
+    vm_by_name = {vm.stats.name: vm.stats.uuid for vm in vms}
+    attributed = []
+    for gpu in gpus:
+        owner = vm_by_pci.get(gpu.pci_address, "")
+        vgpu_vms = []
+        for vgpu in gpu.vgpus:
+            uuid = (
+                vm_by_pci.get(vgpu.vf_pci_address or "")
+                or vm_by_mdev.get(vgpu.mdev_uuid or "")
+                or (vgpu.vm_id.lower() if vgpu.vm_id_type == "uuid" else vm_by_name.get(vgpu.vm_id))
+                or ""
+            )
+            if uuid not in tenant_by_vm:
+                uuid = ""  # the driver names a VM this host's libvirt does not know
+            vgpu_vms.append((uuid, tenant_by_vm.get(uuid, "")))
+        attributed.append(AttributedGpu(gpu, owner, tenant_by_vm.get(owner, ""), tuple(vgpu_vms)))
     return tuple(attributed)

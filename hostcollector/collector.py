@@ -13,10 +13,17 @@ import time
 from typing import Any, Protocol, runtime_checkable
 
 from hostcollector import __version__
-from hostcollector.attribution import attribute_vfs, attribute_vms
+from hostcollector.attribution import attribute_gpus, attribute_vfs, attribute_vms
 from hostcollector.config import Config
 from hostcollector.exposition import render
-from hostcollector.model import DomainStats, LibvirtHealth, LibvirtSample, Snapshot, SriovSample
+from hostcollector.model import (
+    DomainStats,
+    LibvirtHealth,
+    LibvirtSample,
+    NvmlSample,
+    Snapshot,
+    SriovSample,
+)
 from hostcollector.poller import Poller
 from hostcollector.sources import Source, build_sources
 from hostcollector.tenancy import compile_rules
@@ -115,6 +122,8 @@ class Collector:
             now,
         )
         sriov: SriovSample | None = self.latest.get("sriov")
+        nvml: NvmlSample | None = self.latest.get("nvml")
+        pci_devices = libvirt.pci_devices if libvirt else {}
         return Snapshot(
             taken_at=now,
             vms=vms,
@@ -123,9 +132,15 @@ class Collector:
             build=BUILD_LABELS,
             libvirt=source.health() if isinstance(source, HasHealth) else None,
             pfs=sriov.pfs if sriov else (),
-            vfs=attribute_vfs(
-                sriov.vfs if sriov else (), libvirt.pci_devices if libvirt else {}, vms
+            vfs=attribute_vfs(sriov.vfs if sriov else (), pci_devices, vms),
+            gpus=attribute_gpus(
+                nvml.gpus if nvml else (),
+                pci_devices,
+                libvirt.mdev_devices if libvirt else {},
+                vms,
             ),
+            nvml_available=nvml.nvml_available if nvml else None,
+            nvml_driver_version=nvml.driver_version if nvml else None,
         )
 
     async def poll_all_once(self) -> None:

@@ -121,9 +121,29 @@ class SriovConfig:
 
 
 @dataclass(frozen=True)
+class NvmlConfig:
+    enabled: bool = True
+    interval_seconds: float = 15.0
+    timeout_seconds: float = 10.0
+    # libnvidia-ml.so.1 to load; null: the system's, as the dynamic linker finds it.
+    library_path: str | None = None
+    # Where sysfs is mounted (NVIDIA GPU functions: /sys/bus/pci/devices/*).
+    sysfs_root: str = "/"
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.interval_seconds <= 0:
+            found.append("interval_seconds: must be > 0")
+        if not 0 < self.timeout_seconds <= self.interval_seconds:
+            found.append("timeout_seconds: must be > 0 and at most interval_seconds")
+        return found
+
+
+@dataclass(frozen=True)
 class SourcesConfig:
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
     sriov: SriovConfig = field(default_factory=SriovConfig)
+    nvml: NvmlConfig = field(default_factory=NvmlConfig)
 
 
 @dataclass(frozen=True)

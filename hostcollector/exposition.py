@@ -1,7 +1,6 @@
 """Snapshot -> Prometheus text format 0.0.4 or OpenMetrics 1.0.0 bytes.
 
-The metric families are declared once, in the tables below; the renderer, the README's metric
-table (`hostcollector metrics-table`) and the tests all read them. Every per-VM series carries
+The metric families are declared once, in metrics.py. Every per-VM series carries
 `vm_uuid` and `tenant_id`; descriptive, tenant-controlled strings (VM name, flavor, ...) only
 appear on `hostcollector_vm_info`. Label values are escaped, so no VM name can break a line or
 forge a series.
@@ -10,600 +9,39 @@ forge a series.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator
 
+from hostcollector.metrics import (
+    ALL_FAMILIES,
+    BLOCK_FAMILIES,
+    BLOCK_INFO,
+    GPU_CLOCKS_EVENT,
+    GPU_ECC,
+    GPU_FAMILIES,
+    GPU_INFO,
+    GPU_NVLINK,
+    GPU_REMAPPED,
+    GPU_XID,
+    INTERFACE_FAMILIES,
+    PF_FAMILIES,
+    PREFIX,
+    SELF_FAMILIES,
+    VCPU_FAMILIES,
+    VF_FAMILIES,
+    VF_INFO,
+    VGPU_FAMILIES,
+    VGPU_INFO,
+    VM_FAMILIES,
+    VM_INFO,
+    VM_STATUS_FAMILIES,
+    Family,
+    Number,
+)
 from hostcollector.model import Snapshot
+from hostcollector.sources.nvml_reasons import CLOCKS_EVENT_REASONS
 
-PREFIX = "hostcollector_"
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-Kind = Literal["counter", "gauge", "info"]
-Number = int | float
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str  # as the samples are named: counters end in _total, info in _info
-    kind: Kind
-    help: str
-    labels: tuple[str, ...]
-    value: Callable[[Any], Number | None]
-
-
-def _vm(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
-    return Family(PREFIX + name, kind, help, ("vm_uuid", "tenant_id"), value)
-
-
-def _dev(
-    entity: str, name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]
-) -> Family:
-    return Family(PREFIX + name, kind, help, ("vm_uuid", "tenant_id", entity), value)
-
-
-# Per VM; value() receives DomainStats.
-VM_FAMILIES = (
-    _vm(
-        "vm_state",
-        "gauge",
-        "Domain state code (state.state): 0 nostate, 1 running, 2 blocked, 3 paused, 4 shutdown, 5 shutoff, 6 crashed, 7 pmsuspended.",
-        lambda d: d.state,
-    ),
-    _vm(
-        "vm_state_reason",
-        "gauge",
-        "Reason code of the current state (state.reason), per virDomain<State>Reason.",
-        lambda d: d.state_reason,
-    ),
-    _vm(
-        "vm_cpu_time_seconds_total",
-        "counter",
-        "CPU time of the whole domain (cpu.time, ns -> s).",
-        lambda d: d.cpu_time_seconds,
-    ),
-    _vm(
-        "vm_cpu_user_seconds_total",
-        "counter",
-        "User CPU time of the domain (cpu.user, ns -> s).",
-        lambda d: d.cpu_user_seconds,
-    ),
-    _vm(
-        "vm_cpu_system_seconds_total",
-        "counter",
-        "System CPU time of the domain (cpu.system, ns -> s).",
-        lambda d: d.cpu_system_seconds,
-    ),
-    _vm("vm_vcpus_current", "gauge", "vCPUs online (vcpu.current).", lambda d: d.vcpu_current),
-    _vm(
-        "vm_vcpus_maximum",
-        "gauge",
-        "vCPUs the domain may have (vcpu.maximum).",
-        lambda d: d.vcpu_maximum,
-    ),
-    _vm(
-        "vm_memory_current_bytes",
-        "gauge",
-        "Memory the balloon currently gives the guest (balloon.current, KiB -> bytes).",
-        lambda d: d.memory.current_bytes,
-    ),
-    _vm(
-        "vm_memory_maximum_bytes",
-        "gauge",
-        "Maximum memory of the domain (balloon.maximum, KiB -> bytes).",
-        lambda d: d.memory.maximum_bytes,
-    ),
-    _vm(
-        "vm_memory_rss_bytes",
-        "gauge",
-        "Resident set size of the QEMU process, host side (balloon.rss, KiB -> bytes).",
-        lambda d: d.memory.rss_bytes,
-    ),
-    _vm(
-        "vm_memory_usable_bytes",
-        "gauge",
-        "Guest-reported memory usable without swapping (balloon.usable, KiB -> bytes); needs balloon stats in the guest.",
-        lambda d: d.memory.usable_bytes,
-    ),
-    _vm(
-        "vm_memory_available_bytes",
-        "gauge",
-        "Guest-reported total memory (balloon.available, KiB -> bytes); needs balloon stats in the guest.",
-        lambda d: d.memory.available_bytes,
-    ),
-    _vm(
-        "vm_memory_unused_bytes",
-        "gauge",
-        "Guest-reported free memory (balloon.unused, KiB -> bytes); needs balloon stats in the guest.",
-        lambda d: d.memory.unused_bytes,
-    ),
-    _vm(
-        "vm_memory_disk_caches_bytes",
-        "gauge",
-        "Guest-reported page cache that can be reclaimed (balloon.disk_caches, KiB -> bytes).",
-        lambda d: d.memory.disk_caches_bytes,
-    ),
-    _vm(
-        "vm_memory_swap_in_bytes_total",
-        "counter",
-        "Guest-reported memory swapped in (balloon.swap_in, KiB -> bytes).",
-        lambda d: d.memory.swap_in_bytes,
-    ),
-    _vm(
-        "vm_memory_swap_out_bytes_total",
-        "counter",
-        "Guest-reported memory swapped out (balloon.swap_out, KiB -> bytes).",
-        lambda d: d.memory.swap_out_bytes,
-    ),
-    _vm(
-        "vm_memory_major_faults_total",
-        "counter",
-        "Guest-reported major page faults (balloon.major_fault).",
-        lambda d: d.memory.major_faults,
-    ),
-    _vm(
-        "vm_memory_minor_faults_total",
-        "counter",
-        "Guest-reported minor page faults (balloon.minor_fault).",
-        lambda d: d.memory.minor_faults,
-    ),
-    _vm(
-        "vm_memory_guest_stats_timestamp_seconds",
-        "gauge",
-        "When the guest last reported its balloon stats (balloon.last-update, Unix time).",
-        lambda d: d.memory.guest_stats_timestamp_seconds,
-    ),
-)
-
-# Per VM; value() receives AttributedVM: how current the VM's values are.
-VM_STATUS_FAMILIES = (
-    _vm(
-        "vm_sample_timestamp_seconds",
-        "gauge",
-        "When this VM's values were read from libvirt (Unix time). Older than the poll while the VM is quarantined or libvirtd is unreachable.",
-        lambda vm: vm.sampled_at,
-    ),
-    _vm(
-        "vm_sample_age_seconds",
-        "gauge",
-        "Age of this VM's values when the snapshot was built; grows while the VM is quarantined or libvirtd is unreachable, and the series go away past max_sample_age_seconds.",
-        lambda vm: vm.sample_age_seconds,
-    ),
-    _vm(
-        "vm_quarantined",
-        "gauge",
-        "1 while the VM's QEMU monitor does not answer and it is left out of the main path (last good values served), else 0.",
-        lambda vm: int(vm.quarantined),
-    ),
-    _vm(
-        "vm_job_active",
-        "gauge",
-        "1 while a background job such as a migration runs on the VM (virDomainGetControlInfo says JOB), else 0. Use it to silence alerts.",
-        lambda vm: None if vm.job_active is None else int(vm.job_active),
-    ),
-)
-
-# Per vCPU; value() receives VcpuStats.
-VCPU_FAMILIES = (
-    _dev(
-        "vcpu",
-        "vm_vcpu_state",
-        "gauge",
-        "vCPU state (vcpu.N.state): 0 offline, 1 running, 2 blocked.",
-        lambda v: v.state,
-    ),
-    _dev(
-        "vcpu",
-        "vm_vcpu_time_seconds_total",
-        "counter",
-        "Time the vCPU ran (vcpu.N.time, ns -> s).",
-        lambda v: v.time_seconds,
-    ),
-    _dev(
-        "vcpu",
-        "vm_vcpu_wait_seconds_total",
-        "counter",
-        "Time the vCPU waited for a host CPU, host scheduler wait, not guest I/O wait (vcpu.N.wait, ns -> s); 0 without schedstats.",
-        lambda v: v.wait_seconds,
-    ),
-    _dev(
-        "vcpu",
-        "vm_vcpu_delay_seconds_total",
-        "counter",
-        "Time the vCPU was runnable but queued on the host, i.e. steal (vcpu.N.delay, ns -> s; libvirt >= 7.2).",
-        lambda v: v.delay_seconds,
-    ),
-)
-
-# Per disk; value() receives BlockStats.
-BLOCK_FAMILIES = (
-    _dev(
-        "device",
-        "vm_block_read_requests_total",
-        "counter",
-        "Read requests (block.N.rd.reqs).",
-        lambda b: b.read_requests,
-    ),
-    _dev(
-        "device",
-        "vm_block_read_bytes_total",
-        "counter",
-        "Bytes read (block.N.rd.bytes).",
-        lambda b: b.read_bytes,
-    ),
-    _dev(
-        "device",
-        "vm_block_read_time_seconds_total",
-        "counter",
-        "Time spent reading (block.N.rd.times, ns -> s).",
-        lambda b: b.read_time_seconds,
-    ),
-    _dev(
-        "device",
-        "vm_block_write_requests_total",
-        "counter",
-        "Write requests (block.N.wr.reqs).",
-        lambda b: b.write_requests,
-    ),
-    _dev(
-        "device",
-        "vm_block_write_bytes_total",
-        "counter",
-        "Bytes written (block.N.wr.bytes).",
-        lambda b: b.write_bytes,
-    ),
-    _dev(
-        "device",
-        "vm_block_write_time_seconds_total",
-        "counter",
-        "Time spent writing (block.N.wr.times, ns -> s).",
-        lambda b: b.write_time_seconds,
-    ),
-    _dev(
-        "device",
-        "vm_block_flush_requests_total",
-        "counter",
-        "Flush requests (block.N.fl.reqs).",
-        lambda b: b.flush_requests,
-    ),
-    _dev(
-        "device",
-        "vm_block_flush_time_seconds_total",
-        "counter",
-        "Time spent flushing (block.N.fl.times, ns -> s).",
-        lambda b: b.flush_time_seconds,
-    ),
-    _dev(
-        "device",
-        "vm_block_capacity_bytes",
-        "gauge",
-        "Size the guest sees (block.N.capacity).",
-        lambda b: b.capacity_bytes,
-    ),
-    _dev(
-        "device",
-        "vm_block_allocation_bytes",
-        "gauge",
-        "Highest written offset / allocation on the host (block.N.allocation).",
-        lambda b: b.allocation_bytes,
-    ),
-    _dev(
-        "device",
-        "vm_block_physical_bytes",
-        "gauge",
-        "Physical size of the host storage (block.N.physical).",
-        lambda b: b.physical_bytes,
-    ),
-)
-
-# Per tap interface; value() receives InterfaceStats. Hostdev (SR-IOV) NICs have no tap and
-# never appear here.
-INTERFACE_FAMILIES = (
-    _dev(
-        "device",
-        "vm_network_receive_bytes_total",
-        "counter",
-        "Bytes the guest received (net.N.rx.bytes).",
-        lambda n: n.receive_bytes,
-    ),
-    _dev(
-        "device",
-        "vm_network_receive_packets_total",
-        "counter",
-        "Packets the guest received (net.N.rx.pkts).",
-        lambda n: n.receive_packets,
-    ),
-    _dev(
-        "device",
-        "vm_network_receive_errors_total",
-        "counter",
-        "Receive errors (net.N.rx.errs).",
-        lambda n: n.receive_errors,
-    ),
-    _dev(
-        "device",
-        "vm_network_receive_drop_total",
-        "counter",
-        "Received packets dropped (net.N.rx.drop).",
-        lambda n: n.receive_drop,
-    ),
-    _dev(
-        "device",
-        "vm_network_transmit_bytes_total",
-        "counter",
-        "Bytes the guest sent (net.N.tx.bytes).",
-        lambda n: n.transmit_bytes,
-    ),
-    _dev(
-        "device",
-        "vm_network_transmit_packets_total",
-        "counter",
-        "Packets the guest sent (net.N.tx.pkts).",
-        lambda n: n.transmit_packets,
-    ),
-    _dev(
-        "device",
-        "vm_network_transmit_errors_total",
-        "counter",
-        "Transmit errors (net.N.tx.errs).",
-        lambda n: n.transmit_errors,
-    ),
-    _dev(
-        "device",
-        "vm_network_transmit_drop_total",
-        "counter",
-        "Transmitted packets dropped (net.N.tx.drop).",
-        lambda n: n.transmit_drop,
-    ),
-)
-
-
-def _vf(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
-    return Family(PREFIX + name, kind, help, VF_LABELS, value)
-
-
-def _pf(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
-    return Family(PREFIX + name, kind, help, ("pf", "pci_address"), value)
-
-
-VF_LABELS = ("pf", "vf", "pci_address", "vm_uuid", "tenant_id")
-MBPS = 125_000  # bytes per second in one Mbit/s
-
-# Per SR-IOV VF; value() receives VfStats. Counters from the PF's netlink IFLA_VF_STATS (or the
-# driver's sysfs stats where netlink's VF list was truncated).
-VF_FAMILIES = (
-    _vf(
-        "vf_receive_packets_total",
-        "counter",
-        "Packets the VF received (IFLA_VF_STATS_RX_PACKETS).",
-        lambda v: v.receive_packets,
-    ),
-    _vf(
-        "vf_transmit_packets_total",
-        "counter",
-        "Packets the VF sent (IFLA_VF_STATS_TX_PACKETS).",
-        lambda v: v.transmit_packets,
-    ),
-    _vf(
-        "vf_receive_bytes_total",
-        "counter",
-        "Bytes the VF received (IFLA_VF_STATS_RX_BYTES).",
-        lambda v: v.receive_bytes,
-    ),
-    _vf(
-        "vf_transmit_bytes_total",
-        "counter",
-        "Bytes the VF sent (IFLA_VF_STATS_TX_BYTES).",
-        lambda v: v.transmit_bytes,
-    ),
-    _vf(
-        "vf_receive_broadcast_packets_total",
-        "counter",
-        "Broadcast packets the VF received (IFLA_VF_STATS_BROADCAST).",
-        lambda v: v.receive_broadcast,
-    ),
-    _vf(
-        "vf_receive_multicast_packets_total",
-        "counter",
-        "Multicast packets the VF received (IFLA_VF_STATS_MULTICAST).",
-        lambda v: v.receive_multicast,
-    ),
-    _vf(
-        "vf_receive_drop_total",
-        "counter",
-        "Received packets the VF dropped (IFLA_VF_STATS_RX_DROPPED; kernels >= 4.20).",
-        lambda v: v.receive_drop,
-    ),
-    _vf(
-        "vf_transmit_drop_total",
-        "counter",
-        "Transmitted packets the VF dropped (IFLA_VF_STATS_TX_DROPPED; kernels >= 4.20).",
-        lambda v: v.transmit_drop,
-    ),
-    _vf(
-        "vf_min_transmit_rate_bytes_per_second",
-        "gauge",
-        "Guaranteed transmit rate of the VF (IFLA_VF_RATE min_tx_rate, Mbit/s -> bytes/s); 0: none.",
-        lambda v: None if v.min_tx_rate_mbps is None else v.min_tx_rate_mbps * MBPS,
-    ),
-    _vf(
-        "vf_max_transmit_rate_bytes_per_second",
-        "gauge",
-        "Transmit rate limit of the VF (IFLA_VF_RATE max_tx_rate, Mbit/s -> bytes/s); 0: unlimited.",
-        lambda v: None if v.max_tx_rate_mbps is None else v.max_tx_rate_mbps * MBPS,
-    ),
-)
-VF_INFO = Family(
-    PREFIX + "vf_info",
-    "info",
-    "Configuration of a VF: MAC, VLAN, QoS, spoof check, trust, link state, and where its "
-    "counters came from (netlink, sysfs, or none). Always 1.",
-    (*VF_LABELS, "mac", "vlan", "qos", "spoof_check", "trust", "link_state", "stats_source"),
-    lambda _: None,
-)
-# Per PF; value() receives PfStats.
-PF_FAMILIES = (
-    _pf("pf_vfs", "gauge", "VFs enabled on the PF (sriov_numvfs).", lambda p: p.numvfs),
-    _pf(
-        "pf_vfs_reported",
-        "gauge",
-        "VFs the kernel listed in the PF's netlink link info.",
-        lambda p: p.vfs_reported,
-    ),
-    _pf(
-        "pf_vf_list_truncated",
-        "gauge",
-        "1 when netlink listed fewer VFs than sriov_numvfs (the 16-bit attribute length cuts the list above ~220 VFs); the missing VFs come from sysfs or are absent, never zero.",
-        lambda p: int(p.truncated),
-    ),
-    _pf(
-        "pf_receive_bytes_total",
-        "counter",
-        "Bytes the PF received, VFs' traffic included where the driver counts it (IFLA_STATS64 rx_bytes).",
-        lambda p: p.receive_bytes,
-    ),
-    _pf(
-        "pf_receive_packets_total",
-        "counter",
-        "Packets the PF received (IFLA_STATS64 rx_packets).",
-        lambda p: p.receive_packets,
-    ),
-    _pf(
-        "pf_transmit_bytes_total",
-        "counter",
-        "Bytes the PF sent (IFLA_STATS64 tx_bytes).",
-        lambda p: p.transmit_bytes,
-    ),
-    _pf(
-        "pf_transmit_packets_total",
-        "counter",
-        "Packets the PF sent (IFLA_STATS64 tx_packets).",
-        lambda p: p.transmit_packets,
-    ),
-)
-
-VM_INFO = Family(
-    PREFIX + "vm_info",
-    "info",
-    "Descriptive labels of a VM: domain name, where its tenant came from, and the allow-listed "
-    "metadata labels (attribution.info_labels). Always 1.",
-    ("vm_uuid", "tenant_id", "name", "tenant_source", "..."),
-    lambda _: None,
-)
-BLOCK_INFO = Family(
-    PREFIX + "vm_block_info",
-    "info",
-    "Host path behind each VM disk (block.N.path). Always 1.",
-    ("vm_uuid", "tenant_id", "device", "path"),
-    lambda _: None,
-)
-
-
-def _self_family(name: str, kind: Kind, help: str, labels: tuple[str, ...] = ()) -> Family:
-    return Family(PREFIX + name, kind, help, labels, lambda _: None)
-
-
-# Self-metrics are rendered by hand below; declared here for the docs and tests.
-SELF_FAMILIES = (
-    _self_family(
-        "build_info",
-        "info",
-        "Version of hostcollector and of Python. Always 1.",
-        ("version", "python_version"),
-    ),
-    _self_family(
-        "source_up", "gauge", "1 if the source's last poll succeeded, 0 if it failed.", ("source",)
-    ),
-    _self_family("source_polls_total", "counter", "Polls of the source.", ("source",)),
-    _self_family(
-        "source_poll_errors_total",
-        "counter",
-        "Failed polls of the source, by reason (connect, timeout, busy, stats_call, ...).",
-        ("source", "reason"),
-    ),
-    _self_family(
-        "source_last_poll_duration_seconds",
-        "gauge",
-        "Wall time of the source's last poll.",
-        ("source",),
-    ),
-    _self_family(
-        "source_last_success_timestamp_seconds",
-        "gauge",
-        "When the source last polled successfully (Unix time).",
-        ("source",),
-    ),
-    _self_family(
-        "libvirt_connects_total",
-        "counter",
-        "Connections opened to libvirtd; more than one means reconnects.",
-    ),
-    _self_family(
-        "libvirt_timeouts_total",
-        "counter",
-        "libvirt calls abandoned past their deadline, by reason (list, stats, stats_retry, probe, no_free_lane).",
-        ("reason",),
-    ),
-    _self_family(
-        "libvirt_quarantined_vms",
-        "gauge",
-        "VMs in quarantine now: their QEMU monitor does not answer.",
-    ),
-    _self_family("libvirt_quarantines_total", "counter", "Times a VM was put into quarantine."),
-    _self_family(
-        "libvirt_busy_domains_total",
-        "counter",
-        "Domains whose stats NOWAIT returned partial because their job was busy; their last good values were kept.",
-    ),
-    _self_family("vms", "gauge", "VMs exported, in any state."),
-    _self_family("vfs", "gauge", "SR-IOV VFs exported."),
-    _self_family(
-        "vfs_unattributed",
-        "gauge",
-        "VFs no domain holds as a hostdev (free, or given to something that is not a libvirt domain).",
-    ),
-    _self_family(
-        "vms_unattributed",
-        "gauge",
-        "VMs exported without a tenant (no metadata rule and no mapping entry matched).",
-    ),
-    _self_family("tenants", "gauge", "Distinct tenants among the exported VMs."),
-    _self_family(
-        "tenant_map_entries",
-        "gauge",
-        "Entries in the control plane's tenant map in force (the last good file).",
-    ),
-    _self_family("tenant_map_reloads_total", "counter", "Successful loads of the tenant map file."),
-    _self_family(
-        "tenant_map_errors_total",
-        "counter",
-        "Versions of the tenant map file that were rejected (missing, unreadable, malformed).",
-    ),
-    _self_family(
-        "tenant_map_last_reload_success_timestamp_seconds",
-        "gauge",
-        "When the tenant map was last loaded (Unix time).",
-    ),
-    _self_family(
-        "snapshot_timestamp_seconds", "gauge", "When the snapshot served was built (Unix time)."
-    ),
-    _self_family("exposition_series", "gauge", "Series in this exposition, this one included."),
-)
-
-ALL_FAMILIES = (
-    *VM_FAMILIES,
-    *VM_STATUS_FAMILIES,
-    VM_INFO,
-    *VCPU_FAMILIES,
-    *BLOCK_FAMILIES,
-    BLOCK_INFO,
-    *INTERFACE_FAMILIES,
-    *VF_FAMILIES,
-    VF_INFO,
-    *PF_FAMILIES,
-    *SELF_FAMILIES,
-)
 
 
 def escape_label_value(value: str) -> str:
@@ -706,6 +144,7 @@ def render(snapshot: Snapshot, *, openmetrics: bool = False) -> bytes:
         w.family(family, ((labels, family.value(n)) for labels, n in per_nic))
 
     _render_sriov(w, snapshot)
+    _render_gpus(w, snapshot)
     _render_self(w, snapshot)
     if openmetrics:
         w.lines.append("# EOF")
@@ -752,6 +191,92 @@ def _render_sriov(w: _Writer, snapshot: Snapshot) -> None:
         w.family(family, ((labels, family.value(pf)) for labels, pf in per_pf))
 
 
+def _render_gpus(w: _Writer, snapshot: Snapshot) -> None:
+    per_gpu = [
+        (
+            _labels(
+                (
+                    ("gpu_uuid", a.gpu.uuid),
+                    ("pci_address", a.gpu.pci_address),
+                    ("vm_uuid", a.vm_uuid),
+                    ("tenant_id", a.tenant_id),
+                )
+            ),
+            a.gpu,
+        )
+        for a in snapshot.gpus
+    ]
+    for family in GPU_FAMILIES:
+        w.family(family, ((labels, family.value(gpu)) for labels, gpu in per_gpu))
+    w.header(GPU_INFO)
+    for labels, gpu in per_gpu:
+        driver_version = snapshot.nvml_driver_version if gpu.nvml_visible else ""
+        extra = (
+            ("name", gpu.name or ""),
+            ("driver", gpu.driver or ""),
+            ("power_state", gpu.power_state or ""),
+            ("driver_version", driver_version or ""),
+        )
+        w.sample(GPU_INFO.name, f"{labels},{_labels(extra)}", 1)
+    w.family(
+        GPU_ECC,
+        (
+            (f'{lab},error_type="{e}",counter_type="{c}"', n)
+            for lab, g in per_gpu
+            for e, c, n in g.ecc_errors
+        ),
+    )
+    w.family(
+        GPU_REMAPPED, ((f'{lab},kind="{k}"', n) for lab, g in per_gpu for k, n in g.remapped_rows)
+    )
+    w.family(
+        GPU_NVLINK,
+        (
+            (f'{lab},link="{k}",counter="{c}"', n)
+            for lab, g in per_gpu
+            for k, c, n in g.nvlink_errors
+        ),
+    )
+    w.family(GPU_XID, ((f'{lab},xid="{x}"', n) for lab, g in per_gpu for x, n in g.xid_errors))
+    w.family(
+        GPU_CLOCKS_EVENT,
+        (
+            (f'{lab},reason="{reason}"', int(bool(g.clocks_event_reasons & bit)))
+            for lab, g in per_gpu
+            if g.clocks_event_reasons is not None
+            for bit, reason in CLOCKS_EVENT_REASONS.items()
+        ),
+    )
+    per_vgpu = [
+        (
+            _labels(
+                (
+                    ("gpu_uuid", a.gpu.uuid),
+                    ("vgpu_uuid", v.uuid or str(v.instance_id)),
+                    ("vm_uuid", vm),
+                    ("tenant_id", tenant),
+                )
+            ),
+            v,
+        )
+        for a in snapshot.gpus
+        for v, (vm, tenant) in zip(a.gpu.vgpus, a.vgpu_vms, strict=True)
+    ]
+    for family in VGPU_FAMILIES:
+        w.family(family, ((labels, family.value(v)) for labels, v in per_vgpu))
+    w.header(VGPU_INFO)
+    for labels, v in per_vgpu:
+        vgpu_extra = (
+            ("vgpu_instance", str(v.instance_id)),
+            ("type", v.type_name or ""),
+            ("mdev_uuid", v.mdev_uuid or ""),
+            ("vf_pci_address", v.vf_pci_address or ""),
+            ("gpu_instance_id", "" if v.gpu_instance_id is None else str(v.gpu_instance_id)),
+            ("vm_id", v.vm_id),
+        )
+        w.sample(VGPU_INFO.name, f"{labels},{_labels(vgpu_extra)}", 1)
+
+
 def _render_self(w: _Writer, snapshot: Snapshot) -> None:
     families = {f.name.removeprefix(PREFIX): f for f in SELF_FAMILIES}
 
@@ -788,6 +313,12 @@ def _render_self(w: _Writer, snapshot: Snapshot) -> None:
         one("libvirt_busy_domains_total", health.busy_domains_total)
     one("vms", len(snapshot.vms))
     one("vfs", len(snapshot.vfs))
+    if snapshot.nvml_available is not None:
+        one("nvml_available", int(snapshot.nvml_available))
+    one("gpus", len(snapshot.gpus))
+    one("gpus_unassigned", sum(1 for g in snapshot.gpus if not g.vm_uuid and not g.gpu.vgpus))
+    one("vgpus", sum(len(g.vgpu_vms) for g in snapshot.gpus))
+    one("vgpus_unattributed", sum(1 for g in snapshot.gpus for vm, _ in g.vgpu_vms if not vm))
     one("vfs_unattributed", sum(1 for vf in snapshot.vfs if not vf.vm_uuid))
     one("vms_unattributed", sum(1 for vm in snapshot.vms if not vm.tenant_id))
     one("tenants", len({vm.tenant_id for vm in snapshot.vms if vm.tenant_id}))

@@ -123,6 +123,8 @@ class LibvirtSample:
     listed_at: float  # Unix time of the domain listing this sample is built on
     # PCI addresses of each domain's hostdevs (<hostdev type='pci'>, <interface type='hostdev'>)
     pci_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # mdev UUIDs of each domain's <hostdev type='mdev'> (NVIDIA vGPU on kernels < 6.8)
+    mdev_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # What libvirt returned, when recording (`dump --raw`): per domain uuid, name, stats, metadata.
     raw: tuple[dict[str, object], ...] | None = None
 
@@ -194,6 +196,97 @@ class AttributedVF:
 
 
 @dataclass(frozen=True, slots=True)
+class VgpuStats:
+    """One NVIDIA vGPU instance on a host-owned GPU (mdev, SR-IOV VF, or MIG-backed)."""
+
+    instance_id: int
+    vm_id: str  # what the host driver says the VM is: a domain UUID or a domain name
+    vm_id_type: str  # "uuid" or "domain"
+    uuid: str | None = None
+    mdev_uuid: str | None = None
+    vf_pci_address: str | None = None  # SR-IOV vGPU: the VF given to the VM
+    type_name: str | None = None
+    gpu_instance_id: int | None = None  # MIG-backed vGPU: its GPU instance
+    fb_usage_bytes: int | None = None
+    licensed: bool | None = None
+    sm_utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
+    encoder_utilization_ratio: float | None = None
+    decoder_utilization_ratio: float | None = None
+    encoder_sessions: int | None = None
+    encoder_fps: int | None = None
+    encoder_latency_seconds: float | None = None
+    fbc_sessions: int | None = None
+    fbc_fps: int | None = None
+    fbc_latency_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStats:
+    """One GPU function. `nvml_visible` False: bound to vfio-pci (passed through whole) or
+    otherwise not the host driver's; only its PCIe side (sysfs) is known, never utilization."""
+
+    pci_address: str
+    nvml_visible: bool
+    uuid: str = ""
+    name: str | None = None
+    lost: bool = False  # NVML_ERROR_GPU_IS_LOST: fell off the bus
+    driver: str | None = None  # sysfs driver binding: nvidia, vfio-pci, ...
+    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    power_watts: float | None = None
+    energy_joules: float | None = None
+    temperature_celsius: int | None = None
+    sm_clock_hz: int | None = None
+    memory_clock_hz: int | None = None
+    clocks_event_reasons: int | None = None  # bitmask of nvmlClocksEventReason*
+    gpu_utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
+    encoder_utilization_ratio: float | None = None
+    decoder_utilization_ratio: float | None = None
+    ecc_errors: tuple[
+        tuple[str, str, int], ...
+    ] = ()  # (corrected|uncorrected, volatile|aggregate, n)
+    remapped_rows: tuple[
+        tuple[str, int], ...
+    ] = ()  # (correctable|uncorrectable|pending|failure, n)
+    pcie_replays: int | None = None
+    pcie_transmit_bytes_per_second: int | None = None
+    pcie_receive_bytes_per_second: int | None = None
+    nvlink_errors: tuple[tuple[int, str, int], ...] = ()  # (link, counter, n)
+    xid_errors: tuple[tuple[int, int], ...] = ()  # (xid, events since the collector started)
+    persistence_mode: bool | None = None
+    compute_mode: int | None = None
+    mig_mode: bool | None = None
+    vgpus: tuple[VgpuStats, ...] = ()
+    # PCIe health from sysfs, for every GPU function (the only view of a passed-through one)
+    aer_correctable: int | None = None
+    aer_nonfatal: int | None = None
+    aer_fatal: int | None = None
+    link_speed_current_gts: float | None = None
+    link_speed_max_gts: float | None = None
+    link_width_current: int | None = None
+    link_width_max: int | None = None
+    power_state: str | None = None  # D0, D3hot, ...
+
+
+@dataclass(frozen=True, slots=True)
+class NvmlSample:
+    nvml_available: bool  # False: no library, no driver, or init failed (see the source status)
+    driver_version: str | None
+    gpus: tuple[GpuStats, ...]
+    raw: dict[str, object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttributedGpu:
+    gpu: GpuStats
+    vm_uuid: str  # a GPU passed through whole to a domain; "" for host-owned or free GPUs
+    tenant_id: str
+    vgpu_vms: tuple[tuple[str, str], ...] = ()  # per vGPU (same order): (vm_uuid, tenant_id)
+
+
+@dataclass(frozen=True, slots=True)
 class SourceStatus:
     name: str
     up: bool
@@ -228,3 +321,6 @@ class Snapshot:
     libvirt: LibvirtHealth | None = None
     pfs: tuple[PfStats, ...] = ()
     vfs: tuple[AttributedVF, ...] = ()
+    gpus: tuple[AttributedGpu, ...] = ()
+    nvml_available: bool | None = None  # None: the nvml source is off or has not polled yet
+    nvml_driver_version: str | None = None

@@ -37,9 +37,18 @@ def _sriov(config: Config, _rules: Sequence[MetadataRule], record_raw: bool) -> 
     return SriovSource(config.sources.sriov, record_raw=record_raw)
 
 
+def _nvml(config: Config, _rules: Sequence[MetadataRule], record_raw: bool) -> Source | None:
+    if not config.sources.nvml.enabled:
+        return None
+    from hostcollector.sources.nvml import NvmlSource
+
+    return NvmlSource(config.sources.nvml, record_raw=record_raw)
+
+
 SOURCES: dict[str, Callable[[Config, Sequence[MetadataRule], bool], Source | None]] = {
     "libvirt": _libvirt,
     "sriov": _sriov,
+    "nvml": _nvml,
 }
 
 

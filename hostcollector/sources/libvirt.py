@@ -38,7 +38,7 @@ from typing import Any
 from hostcollector.config import LibvirtConfig
 from hostcollector.errors import SourceError
 from hostcollector.model import LibvirtHealth, LibvirtSample, TenantClaim
-from hostcollector.sources.domain_xml import hostdev_pci_addresses
+from hostcollector.sources.domain_xml import DomainDevices, domain_devices
 from hostcollector.sources.libvirt_stats import is_partial, parse_domain_stats
 from hostcollector.sources.libvirt_tracker import CONTROL_OCCUPIED, DomainTracker, ListedDomain
 from hostcollector.sources.worker import BlockingLane
@@ -103,7 +103,7 @@ class _CachedMetadata:
 
     xml_by_namespace: dict[str, str | None]
     claim: TenantClaim | None
-    pci_devices: tuple[str, ...]  # hostdev PCI addresses, for SR-IOV VF and GPU attribution
+    devices: DomainDevices  # hostdev PCI addresses and mdev UUIDs, for VF and GPU attribution
     fetched_at: float
 
 
@@ -113,6 +113,7 @@ class _Listing:
     handles: dict[str, Any]  # uuid -> virDomain, on the main connection
     claims: dict[str, TenantClaim | None]
     pci_devices: dict[str, tuple[str, ...]]
+    mdev_devices: dict[str, tuple[str, ...]]
 
 
 class _ThreadConnections:
@@ -212,6 +213,7 @@ class LibvirtSource:
             freshness,
             listed_at,
             pci_devices=listing.pci_devices,
+            mdev_devices=listing.mdev_devices,
             raw=raw,
         )
 
@@ -341,6 +343,7 @@ class LibvirtSource:
         by_uuid = {}
         claims: dict[str, TenantClaim | None] = {}
         pci_devices: dict[str, tuple[str, ...]] = {}
+        mdev_devices: dict[str, tuple[str, ...]] = {}
         now = time.monotonic()
         for dom in handles:
             uuid = dom.UUIDString()
@@ -352,13 +355,15 @@ class LibvirtSource:
             by_uuid[uuid] = dom
             cached = self._cached_metadata(libvirt, dom, uuid, now)
             claims[uuid] = cached.claim if cached else None
-            if cached and cached.pci_devices:
-                pci_devices[uuid] = cached.pci_devices
+            if cached and cached.devices.pci:
+                pci_devices[uuid] = cached.devices.pci
+            if cached and cached.devices.mdev:
+                mdev_devices[uuid] = cached.devices.mdev
         for gone in self._metadata.keys() - by_uuid.keys():
             del self._metadata[gone]
         for gone in self._raw.keys() - by_uuid.keys():
             del self._raw[gone]
-        return _Listing(tuple(domains), by_uuid, claims, pci_devices)
+        return _Listing(tuple(domains), by_uuid, claims, pci_devices, mdev_devices)
 
     def _control_info(self, dom: Any) -> tuple[int | None, float]:
         libvirt = _libvirt()
@@ -484,7 +489,7 @@ class LibvirtSource:
                 return cached
         try:
             # The live definition: hostdevs attached at run time appear here. No monitor call.
-            devices = hostdev_pci_addresses(dom.XMLDesc(0))
+            devices = domain_devices(dom.XMLDesc(0))
         except libvirt.libvirtError as exc:
             log.debug("definition of %s unavailable: %s", uuid, _describe(exc))
             return cached

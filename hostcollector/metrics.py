@@ -1,0 +1,923 @@
+"""Every metric hostcollector exports, declared once: name, type, help, labels, and how to read
+its value from a record. The renderer (exposition.py), the README's metric table
+(`hostcollector metrics-table`) and the tests all read these tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+PREFIX = "hostcollector_"
+
+Kind = Literal["counter", "gauge", "info"]
+Number = int | float
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # as the samples are named: counters end in _total, info in _info
+    kind: Kind
+    help: str
+    labels: tuple[str, ...]
+    value: Callable[[Any], Number | None]
+
+
+def _vm(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+    return Family(PREFIX + name, kind, help, ("vm_uuid", "tenant_id"), value)
+
+
+def _dev(
+    entity: str, name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]
+) -> Family:
+    return Family(PREFIX + name, kind, help, ("vm_uuid", "tenant_id", entity), value)
+
+
+# Per VM; value() receives DomainStats.
+VM_FAMILIES = (
+    _vm(
+        "vm_state",
+        "gauge",
+        "Domain state code (state.state): 0 nostate, 1 running, 2 blocked, 3 paused, 4 shutdown, 5 shutoff, 6 crashed, 7 pmsuspended.",
+        lambda d: d.state,
+    ),
+    _vm(
+        "vm_state_reason",
+        "gauge",
+        "Reason code of the current state (state.reason), per virDomain<State>Reason.",
+        lambda d: d.state_reason,
+    ),
+    _vm(
+        "vm_cpu_time_seconds_total",
+        "counter",
+        "CPU time of the whole domain (cpu.time, ns -> s).",
+        lambda d: d.cpu_time_seconds,
+    ),
+    _vm(
+        "vm_cpu_user_seconds_total",
+        "counter",
+        "User CPU time of the domain (cpu.user, ns -> s).",
+        lambda d: d.cpu_user_seconds,
+    ),
+    _vm(
+        "vm_cpu_system_seconds_total",
+        "counter",
+        "System CPU time of the domain (cpu.system, ns -> s).",
+        lambda d: d.cpu_system_seconds,
+    ),
+    _vm("vm_vcpus_current", "gauge", "vCPUs online (vcpu.current).", lambda d: d.vcpu_current),
+    _vm(
+        "vm_vcpus_maximum",
+        "gauge",
+        "vCPUs the domain may have (vcpu.maximum).",
+        lambda d: d.vcpu_maximum,
+    ),
+    _vm(
+        "vm_memory_current_bytes",
+        "gauge",
+        "Memory the balloon currently gives the guest (balloon.current, KiB -> bytes).",
+        lambda d: d.memory.current_bytes,
+    ),
+    _vm(
+        "vm_memory_maximum_bytes",
+        "gauge",
+        "Maximum memory of the domain (balloon.maximum, KiB -> bytes).",
+        lambda d: d.memory.maximum_bytes,
+    ),
+    _vm(
+        "vm_memory_rss_bytes",
+        "gauge",
+        "Resident set size of the QEMU process, host side (balloon.rss, KiB -> bytes).",
+        lambda d: d.memory.rss_bytes,
+    ),
+    _vm(
+        "vm_memory_usable_bytes",
+        "gauge",
+        "Guest-reported memory usable without swapping (balloon.usable, KiB -> bytes); needs balloon stats in the guest.",
+        lambda d: d.memory.usable_bytes,
+    ),
+    _vm(
+        "vm_memory_available_bytes",
+        "gauge",
+        "Guest-reported total memory (balloon.available, KiB -> bytes); needs balloon stats in the guest.",
+        lambda d: d.memory.available_bytes,
+    ),
+    _vm(
+        "vm_memory_unused_bytes",
+        "gauge",
+        "Guest-reported free memory (balloon.unused, KiB -> bytes); needs balloon stats in the guest.",
+        lambda d: d.memory.unused_bytes,
+    ),
+    _vm(
+        "vm_memory_disk_caches_bytes",
+        "gauge",
+        "Guest-reported page cache that can be reclaimed (balloon.disk_caches, KiB -> bytes).",
+        lambda d: d.memory.disk_caches_bytes,
+    ),
+    _vm(
+        "vm_memory_swap_in_bytes_total",
+        "counter",
+        "Guest-reported memory swapped in (balloon.swap_in, KiB -> bytes).",
+        lambda d: d.memory.swap_in_bytes,
+    ),
+    _vm(
+        "vm_memory_swap_out_bytes_total",
+        "counter",
+        "Guest-reported memory swapped out (balloon.swap_out, KiB -> bytes).",
+        lambda d: d.memory.swap_out_bytes,
+    ),
+    _vm(
+        "vm_memory_major_faults_total",
+        "counter",
+        "Guest-reported major page faults (balloon.major_fault).",
+        lambda d: d.memory.major_faults,
+    ),
+    _vm(
+        "vm_memory_minor_faults_total",
+        "counter",
+        "Guest-reported minor page faults (balloon.minor_fault).",
+        lambda d: d.memory.minor_faults,
+    ),
+    _vm(
+        "vm_memory_guest_stats_timestamp_seconds",
+        "gauge",
+        "When the guest last reported its balloon stats (balloon.last-update, Unix time).",
+        lambda d: d.memory.guest_stats_timestamp_seconds,
+    ),
+)
+
+# Per VM; value() receives AttributedVM: how current the VM's values are.
+VM_STATUS_FAMILIES = (
+    _vm(
+        "vm_sample_timestamp_seconds",
+        "gauge",
+        "When this VM's values were read from libvirt (Unix time). Older than the poll while the VM is quarantined or libvirtd is unreachable.",
+        lambda vm: vm.sampled_at,
+    ),
+    _vm(
+        "vm_sample_age_seconds",
+        "gauge",
+        "Age of this VM's values when the snapshot was built; grows while the VM is quarantined or libvirtd is unreachable, and the series go away past max_sample_age_seconds.",
+        lambda vm: vm.sample_age_seconds,
+    ),
+    _vm(
+        "vm_quarantined",
+        "gauge",
+        "1 while the VM's QEMU monitor does not answer and it is left out of the main path (last good values served), else 0.",
+        lambda vm: int(vm.quarantined),
+    ),
+    _vm(
+        "vm_job_active",
+        "gauge",
+        "1 while a background job such as a migration runs on the VM (virDomainGetControlInfo says JOB), else 0. Use it to silence alerts.",
+        lambda vm: None if vm.job_active is None else int(vm.job_active),
+    ),
+)
+
+# Per vCPU; value() receives VcpuStats.
+VCPU_FAMILIES = (
+    _dev(
+        "vcpu",
+        "vm_vcpu_state",
+        "gauge",
+        "vCPU state (vcpu.N.state): 0 offline, 1 running, 2 blocked.",
+        lambda v: v.state,
+    ),
+    _dev(
+        "vcpu",
+        "vm_vcpu_time_seconds_total",
+        "counter",
+        "Time the vCPU ran (vcpu.N.time, ns -> s).",
+        lambda v: v.time_seconds,
+    ),
+    _dev(
+        "vcpu",
+        "vm_vcpu_wait_seconds_total",
+        "counter",
+        "Time the vCPU waited for a host CPU, host scheduler wait, not guest I/O wait (vcpu.N.wait, ns -> s); 0 without schedstats.",
+        lambda v: v.wait_seconds,
+    ),
+    _dev(
+        "vcpu",
+        "vm_vcpu_delay_seconds_total",
+        "counter",
+        "Time the vCPU was runnable but queued on the host, i.e. steal (vcpu.N.delay, ns -> s; libvirt >= 7.2).",
+        lambda v: v.delay_seconds,
+    ),
+)
+
+# Per disk; value() receives BlockStats.
+BLOCK_FAMILIES = (
+    _dev(
+        "device",
+        "vm_block_read_requests_total",
+        "counter",
+        "Read requests (block.N.rd.reqs).",
+        lambda b: b.read_requests,
+    ),
+    _dev(
+        "device",
+        "vm_block_read_bytes_total",
+        "counter",
+        "Bytes read (block.N.rd.bytes).",
+        lambda b: b.read_bytes,
+    ),
+    _dev(
+        "device",
+        "vm_block_read_time_seconds_total",
+        "counter",
+        "Time spent reading (block.N.rd.times, ns -> s).",
+        lambda b: b.read_time_seconds,
+    ),
+    _dev(
+        "device",
+        "vm_block_write_requests_total",
+        "counter",
+        "Write requests (block.N.wr.reqs).",
+        lambda b: b.write_requests,
+    ),
+    _dev(
+        "device",
+        "vm_block_write_bytes_total",
+        "counter",
+        "Bytes written (block.N.wr.bytes).",
+        lambda b: b.write_bytes,
+    ),
+    _dev(
+        "device",
+        "vm_block_write_time_seconds_total",
+        "counter",
+        "Time spent writing (block.N.wr.times, ns -> s).",
+        lambda b: b.write_time_seconds,
+    ),
+    _dev(
+        "device",
+        "vm_block_flush_requests_total",
+        "counter",
+        "Flush requests (block.N.fl.reqs).",
+        lambda b: b.flush_requests,
+    ),
+    _dev(
+        "device",
+        "vm_block_flush_time_seconds_total",
+        "counter",
+        "Time spent flushing (block.N.fl.times, ns -> s).",
+        lambda b: b.flush_time_seconds,
+    ),
+    _dev(
+        "device",
+        "vm_block_capacity_bytes",
+        "gauge",
+        "Size the guest sees (block.N.capacity).",
+        lambda b: b.capacity_bytes,
+    ),
+    _dev(
+        "device",
+        "vm_block_allocation_bytes",
+        "gauge",
+        "Highest written offset / allocation on the host (block.N.allocation).",
+        lambda b: b.allocation_bytes,
+    ),
+    _dev(
+        "device",
+        "vm_block_physical_bytes",
+        "gauge",
+        "Physical size of the host storage (block.N.physical).",
+        lambda b: b.physical_bytes,
+    ),
+)
+
+# Per tap interface; value() receives InterfaceStats. Hostdev (SR-IOV) NICs have no tap and
+# never appear here.
+INTERFACE_FAMILIES = (
+    _dev(
+        "device",
+        "vm_network_receive_bytes_total",
+        "counter",
+        "Bytes the guest received (net.N.rx.bytes).",
+        lambda n: n.receive_bytes,
+    ),
+    _dev(
+        "device",
+        "vm_network_receive_packets_total",
+        "counter",
+        "Packets the guest received (net.N.rx.pkts).",
+        lambda n: n.receive_packets,
+    ),
+    _dev(
+        "device",
+        "vm_network_receive_errors_total",
+        "counter",
+        "Receive errors (net.N.rx.errs).",
+        lambda n: n.receive_errors,
+    ),
+    _dev(
+        "device",
+        "vm_network_receive_drop_total",
+        "counter",
+        "Received packets dropped (net.N.rx.drop).",
+        lambda n: n.receive_drop,
+    ),
+    _dev(
+        "device",
+        "vm_network_transmit_bytes_total",
+        "counter",
+        "Bytes the guest sent (net.N.tx.bytes).",
+        lambda n: n.transmit_bytes,
+    ),
+    _dev(
+        "device",
+        "vm_network_transmit_packets_total",
+        "counter",
+        "Packets the guest sent (net.N.tx.pkts).",
+        lambda n: n.transmit_packets,
+    ),
+    _dev(
+        "device",
+        "vm_network_transmit_errors_total",
+        "counter",
+        "Transmit errors (net.N.tx.errs).",
+        lambda n: n.transmit_errors,
+    ),
+    _dev(
+        "device",
+        "vm_network_transmit_drop_total",
+        "counter",
+        "Transmitted packets dropped (net.N.tx.drop).",
+        lambda n: n.transmit_drop,
+    ),
+)
+
+
+def _vf(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+    return Family(PREFIX + name, kind, help, VF_LABELS, value)
+
+
+def _pf(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+    return Family(PREFIX + name, kind, help, ("pf", "pci_address"), value)
+
+
+VF_LABELS = ("pf", "vf", "pci_address", "vm_uuid", "tenant_id")
+MBPS = 125_000  # bytes per second in one Mbit/s
+
+# Per SR-IOV VF; value() receives VfStats. Counters from the PF's netlink IFLA_VF_STATS (or the
+# driver's sysfs stats where netlink's VF list was truncated).
+VF_FAMILIES = (
+    _vf(
+        "vf_receive_packets_total",
+        "counter",
+        "Packets the VF received (IFLA_VF_STATS_RX_PACKETS).",
+        lambda v: v.receive_packets,
+    ),
+    _vf(
+        "vf_transmit_packets_total",
+        "counter",
+        "Packets the VF sent (IFLA_VF_STATS_TX_PACKETS).",
+        lambda v: v.transmit_packets,
+    ),
+    _vf(
+        "vf_receive_bytes_total",
+        "counter",
+        "Bytes the VF received (IFLA_VF_STATS_RX_BYTES).",
+        lambda v: v.receive_bytes,
+    ),
+    _vf(
+        "vf_transmit_bytes_total",
+        "counter",
+        "Bytes the VF sent (IFLA_VF_STATS_TX_BYTES).",
+        lambda v: v.transmit_bytes,
+    ),
+    _vf(
+        "vf_receive_broadcast_packets_total",
+        "counter",
+        "Broadcast packets the VF received (IFLA_VF_STATS_BROADCAST).",
+        lambda v: v.receive_broadcast,
+    ),
+    _vf(
+        "vf_receive_multicast_packets_total",
+        "counter",
+        "Multicast packets the VF received (IFLA_VF_STATS_MULTICAST).",
+        lambda v: v.receive_multicast,
+    ),
+    _vf(
+        "vf_receive_drop_total",
+        "counter",
+        "Received packets the VF dropped (IFLA_VF_STATS_RX_DROPPED; kernels >= 4.20).",
+        lambda v: v.receive_drop,
+    ),
+    _vf(
+        "vf_transmit_drop_total",
+        "counter",
+        "Transmitted packets the VF dropped (IFLA_VF_STATS_TX_DROPPED; kernels >= 4.20).",
+        lambda v: v.transmit_drop,
+    ),
+    _vf(
+        "vf_min_transmit_rate_bytes_per_second",
+        "gauge",
+        "Guaranteed transmit rate of the VF (IFLA_VF_RATE min_tx_rate, Mbit/s -> bytes/s); 0: none.",
+        lambda v: None if v.min_tx_rate_mbps is None else v.min_tx_rate_mbps * MBPS,
+    ),
+    _vf(
+        "vf_max_transmit_rate_bytes_per_second",
+        "gauge",
+        "Transmit rate limit of the VF (IFLA_VF_RATE max_tx_rate, Mbit/s -> bytes/s); 0: unlimited.",
+        lambda v: None if v.max_tx_rate_mbps is None else v.max_tx_rate_mbps * MBPS,
+    ),
+)
+VF_INFO = Family(
+    PREFIX + "vf_info",
+    "info",
+    "Configuration of a VF: MAC, VLAN, QoS, spoof check, trust, link state, and where its "
+    "counters came from (netlink, sysfs, or none). Always 1.",
+    (*VF_LABELS, "mac", "vlan", "qos", "spoof_check", "trust", "link_state", "stats_source"),
+    lambda _: None,
+)
+# Per PF; value() receives PfStats.
+PF_FAMILIES = (
+    _pf("pf_vfs", "gauge", "VFs enabled on the PF (sriov_numvfs).", lambda p: p.numvfs),
+    _pf(
+        "pf_vfs_reported",
+        "gauge",
+        "VFs the kernel listed in the PF's netlink link info.",
+        lambda p: p.vfs_reported,
+    ),
+    _pf(
+        "pf_vf_list_truncated",
+        "gauge",
+        "1 when netlink listed fewer VFs than sriov_numvfs (the 16-bit attribute length cuts the list above ~220 VFs); the missing VFs come from sysfs or are absent, never zero.",
+        lambda p: int(p.truncated),
+    ),
+    _pf(
+        "pf_receive_bytes_total",
+        "counter",
+        "Bytes the PF received, VFs' traffic included where the driver counts it (IFLA_STATS64 rx_bytes).",
+        lambda p: p.receive_bytes,
+    ),
+    _pf(
+        "pf_receive_packets_total",
+        "counter",
+        "Packets the PF received (IFLA_STATS64 rx_packets).",
+        lambda p: p.receive_packets,
+    ),
+    _pf(
+        "pf_transmit_bytes_total",
+        "counter",
+        "Bytes the PF sent (IFLA_STATS64 tx_bytes).",
+        lambda p: p.transmit_bytes,
+    ),
+    _pf(
+        "pf_transmit_packets_total",
+        "counter",
+        "Packets the PF sent (IFLA_STATS64 tx_packets).",
+        lambda p: p.transmit_packets,
+    ),
+)
+
+GPU_LABELS = ("gpu_uuid", "pci_address", "vm_uuid", "tenant_id")
+VGPU_LABELS = ("gpu_uuid", "vgpu_uuid", "vm_uuid", "tenant_id")
+
+
+def _gpu(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+    return Family(PREFIX + name, kind, help, GPU_LABELS, value)
+
+
+def _vgpu(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+    return Family(PREFIX + name, kind, help, VGPU_LABELS, value)
+
+
+def _flag_value(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+# Per GPU function; value() receives GpuStats. `vm_uuid`/`tenant_id` name the VM a GPU is passed
+# through to whole; a host-owned GPU shares them through its vGPUs (hostcollector_vgpu_*).
+GPU_FAMILIES = (
+    _gpu(
+        "gpu_nvml_visible",
+        "gauge",
+        "1 if the host's NVML reports this GPU; 0 if it cannot (bound to vfio-pci and passed through whole, or no driver): then only the PCIe series below exist, and no utilization series is ever shown as idle.",
+        lambda g: int(g.nvml_visible),
+    ),
+    _gpu(
+        "gpu_lost",
+        "gauge",
+        "1 when NVML says the GPU fell off the bus (NVML_ERROR_GPU_IS_LOST).",
+        lambda g: int(g.lost) if g.nvml_visible else None,
+    ),
+    _gpu(
+        "gpu_utilization_ratio",
+        "gauge",
+        "Mean GPU (SM) utilization over the samples NVML took since the last poll (nvmlDeviceGetSamples GPU_UTILIZATION, % -> 0-1).",
+        lambda g: g.gpu_utilization_ratio,
+    ),
+    _gpu(
+        "gpu_memory_utilization_ratio",
+        "gauge",
+        "Mean memory controller utilization since the last poll (MEMORY_UTILIZATION samples, % -> 0-1).",
+        lambda g: g.memory_utilization_ratio,
+    ),
+    _gpu(
+        "gpu_encoder_utilization_ratio",
+        "gauge",
+        "Mean video encoder utilization since the last poll (ENC_UTILIZATION samples, % -> 0-1).",
+        lambda g: g.encoder_utilization_ratio,
+    ),
+    _gpu(
+        "gpu_decoder_utilization_ratio",
+        "gauge",
+        "Mean video decoder utilization since the last poll (DEC_UTILIZATION samples, % -> 0-1).",
+        lambda g: g.decoder_utilization_ratio,
+    ),
+    _gpu(
+        "gpu_memory_total_bytes",
+        "gauge",
+        "Framebuffer memory (nvmlDeviceGetMemoryInfo total).",
+        lambda g: g.memory_total_bytes,
+    ),
+    _gpu(
+        "gpu_memory_used_bytes",
+        "gauge",
+        "Framebuffer memory in use (nvmlDeviceGetMemoryInfo used).",
+        lambda g: g.memory_used_bytes,
+    ),
+    _gpu(
+        "gpu_power_watts",
+        "gauge",
+        "Power draw (nvmlDeviceGetPowerUsage, mW -> W).",
+        lambda g: g.power_watts,
+    ),
+    _gpu(
+        "gpu_energy_joules_total",
+        "counter",
+        "Energy since the driver loaded (nvmlDeviceGetTotalEnergyConsumption, mJ -> J).",
+        lambda g: g.energy_joules,
+    ),
+    _gpu(
+        "gpu_temperature_celsius",
+        "gauge",
+        "GPU core temperature (nvmlDeviceGetTemperature GPU).",
+        lambda g: g.temperature_celsius,
+    ),
+    _gpu(
+        "gpu_sm_clock_hertz",
+        "gauge",
+        "SM clock (nvmlDeviceGetClockInfo SM, MHz -> Hz).",
+        lambda g: g.sm_clock_hz,
+    ),
+    _gpu(
+        "gpu_memory_clock_hertz",
+        "gauge",
+        "Memory clock (nvmlDeviceGetClockInfo MEM, MHz -> Hz).",
+        lambda g: g.memory_clock_hz,
+    ),
+    _gpu(
+        "gpu_pcie_replays_total",
+        "counter",
+        "PCIe replays (nvmlDeviceGetPcieReplayCounter).",
+        lambda g: g.pcie_replays,
+    ),
+    _gpu(
+        "gpu_pcie_transmit_bytes_per_second",
+        "gauge",
+        "PCIe transmit throughput (nvmlDeviceGetPcieThroughput TX, KB/s -> bytes/s).",
+        lambda g: g.pcie_transmit_bytes_per_second,
+    ),
+    _gpu(
+        "gpu_pcie_receive_bytes_per_second",
+        "gauge",
+        "PCIe receive throughput (nvmlDeviceGetPcieThroughput RX, KB/s -> bytes/s).",
+        lambda g: g.pcie_receive_bytes_per_second,
+    ),
+    _gpu(
+        "gpu_persistence_mode",
+        "gauge",
+        "1 if persistence mode is on (without it each new NVML client pays seconds of init).",
+        lambda g: _flag_value(g.persistence_mode),
+    ),
+    _gpu(
+        "gpu_compute_mode",
+        "gauge",
+        "Compute mode (nvmlDeviceGetComputeMode): 0 default, 2 prohibited, 3 exclusive process.",
+        lambda g: g.compute_mode,
+    ),
+    _gpu(
+        "gpu_mig_mode",
+        "gauge",
+        "1 if MIG is enabled on the GPU.",
+        lambda g: _flag_value(g.mig_mode),
+    ),
+    _gpu(
+        "gpu_pcie_aer_correctable_errors_total",
+        "counter",
+        "PCIe AER correctable errors (sysfs aer_dev_correctable TOTAL_ERR_COR).",
+        lambda g: g.aer_correctable,
+    ),
+    _gpu(
+        "gpu_pcie_aer_nonfatal_errors_total",
+        "counter",
+        "PCIe AER non-fatal errors (sysfs aer_dev_nonfatal TOTAL_ERR_NONFATAL).",
+        lambda g: g.aer_nonfatal,
+    ),
+    _gpu(
+        "gpu_pcie_aer_fatal_errors_total",
+        "counter",
+        "PCIe AER fatal errors (sysfs aer_dev_fatal TOTAL_ERR_FATAL).",
+        lambda g: g.aer_fatal,
+    ),
+    _gpu(
+        "gpu_pcie_link_speed_transfers_per_second",
+        "gauge",
+        "Current PCIe link speed (sysfs current_link_speed, GT/s -> T/s); below the maximum: a degraded link.",
+        lambda g: None if g.link_speed_current_gts is None else g.link_speed_current_gts * 1e9,
+    ),
+    _gpu(
+        "gpu_pcie_link_max_speed_transfers_per_second",
+        "gauge",
+        "Maximum PCIe link speed (sysfs max_link_speed, GT/s -> T/s).",
+        lambda g: None if g.link_speed_max_gts is None else g.link_speed_max_gts * 1e9,
+    ),
+    _gpu(
+        "gpu_pcie_link_width_lanes",
+        "gauge",
+        "Current PCIe link width (sysfs current_link_width).",
+        lambda g: g.link_width_current,
+    ),
+    _gpu(
+        "gpu_pcie_link_max_width_lanes",
+        "gauge",
+        "Maximum PCIe link width (sysfs max_link_width).",
+        lambda g: g.link_width_max,
+    ),
+)
+GPU_INFO = Family(
+    PREFIX + "gpu_info",
+    "info",
+    "A GPU function: product name, driver binding (nvidia, vfio-pci, ...), PCI power state, and the host driver's version. Always 1.",
+    (*GPU_LABELS, "name", "driver", "power_state", "driver_version"),
+    lambda _: None,
+)
+GPU_ECC = Family(
+    PREFIX + "gpu_ecc_errors_total",
+    "counter",
+    "ECC memory errors (nvmlDeviceGetTotalEccErrors); volatile counts reset when the driver reloads, aggregate ones persist.",
+    (*GPU_LABELS, "error_type", "counter_type"),
+    lambda _: None,
+)
+GPU_REMAPPED = Family(
+    PREFIX + "gpu_remapped_rows",
+    "gauge",
+    "Memory rows remapped (nvmlDeviceGetRemappedRows): correctable and uncorrectable counts; pending and failure are 0/1 flags.",
+    (*GPU_LABELS, "kind"),
+    lambda _: None,
+)
+GPU_NVLINK = Family(
+    PREFIX + "gpu_nvlink_errors_total",
+    "counter",
+    "NVLink data-link errors per link (nvmlDeviceGetNvLinkErrorCounter: replay, recovery, crc_flit, crc_data).",
+    (*GPU_LABELS, "link", "counter"),
+    lambda _: None,
+)
+GPU_XID = Family(
+    PREFIX + "gpu_xid_errors_total",
+    "counter",
+    "Xid critical error events seen since the collector started, by Xid (nvmlEventTypeXidCriticalError).",
+    (*GPU_LABELS, "xid"),
+    lambda _: None,
+)
+GPU_CLOCKS_EVENT = Family(
+    PREFIX + "gpu_clocks_event_active",
+    "gauge",
+    "1 for each reason the clocks are held down now (nvmlDeviceGetCurrentClocksEventReasons: sw_power_cap, hw_slowdown, sw/hw_thermal_slowdown, ...).",
+    (*GPU_LABELS, "reason"),
+    lambda _: None,
+)
+
+# Per vGPU instance; value() receives VgpuStats.
+VGPU_FAMILIES = (
+    _vgpu(
+        "vgpu_framebuffer_used_bytes",
+        "gauge",
+        "Framebuffer the vGPU uses (nvmlVgpuInstanceGetFbUsage).",
+        lambda v: v.fb_usage_bytes,
+    ),
+    _vgpu(
+        "vgpu_licensed",
+        "gauge",
+        "1 if the guest's vGPU driver holds a license (nvmlVgpuInstanceGetLicenseInfo_v2).",
+        lambda v: _flag_value(v.licensed),
+    ),
+    _vgpu(
+        "vgpu_sm_utilization_ratio",
+        "gauge",
+        "Mean SM utilization of the vGPU since the last poll (nvmlDeviceGetVgpuUtilization, % -> 0-1).",
+        lambda v: v.sm_utilization_ratio,
+    ),
+    _vgpu(
+        "vgpu_memory_utilization_ratio",
+        "gauge",
+        "Mean framebuffer (memory controller) utilization of the vGPU since the last poll (% -> 0-1).",
+        lambda v: v.memory_utilization_ratio,
+    ),
+    _vgpu(
+        "vgpu_encoder_utilization_ratio",
+        "gauge",
+        "Mean encoder utilization of the vGPU since the last poll (% -> 0-1).",
+        lambda v: v.encoder_utilization_ratio,
+    ),
+    _vgpu(
+        "vgpu_decoder_utilization_ratio",
+        "gauge",
+        "Mean decoder utilization of the vGPU since the last poll (% -> 0-1).",
+        lambda v: v.decoder_utilization_ratio,
+    ),
+    _vgpu(
+        "vgpu_encoder_sessions",
+        "gauge",
+        "Active encoder sessions (nvmlVgpuInstanceGetEncoderStats).",
+        lambda v: v.encoder_sessions,
+    ),
+    _vgpu(
+        "vgpu_encoder_fps",
+        "gauge",
+        "Average encoder frames per second (nvmlVgpuInstanceGetEncoderStats).",
+        lambda v: v.encoder_fps,
+    ),
+    _vgpu(
+        "vgpu_encoder_latency_seconds",
+        "gauge",
+        "Average encoder latency (nvmlVgpuInstanceGetEncoderStats, us -> s).",
+        lambda v: v.encoder_latency_seconds,
+    ),
+    _vgpu(
+        "vgpu_fbc_sessions",
+        "gauge",
+        "Active frame buffer capture sessions (nvmlVgpuInstanceGetFBCStats).",
+        lambda v: v.fbc_sessions,
+    ),
+    _vgpu(
+        "vgpu_fbc_fps",
+        "gauge",
+        "Average FBC frames per second (nvmlVgpuInstanceGetFBCStats).",
+        lambda v: v.fbc_fps,
+    ),
+    _vgpu(
+        "vgpu_fbc_latency_seconds",
+        "gauge",
+        "Average FBC latency (nvmlVgpuInstanceGetFBCStats, us -> s).",
+        lambda v: v.fbc_latency_seconds,
+    ),
+)
+VGPU_INFO = Family(
+    PREFIX + "vgpu_info",
+    "info",
+    "A vGPU instance: its type, its mdev UUID or SR-IOV VF address, its MIG GPU instance, and the VM id the host driver gives. Always 1.",
+    (*VGPU_LABELS, "vgpu_instance", "type", "mdev_uuid", "vf_pci_address", "gpu_instance_id", "vm_id"),
+    lambda _: None,
+)
+
+VM_INFO = Family(
+    PREFIX + "vm_info",
+    "info",
+    "Descriptive labels of a VM: domain name, where its tenant came from, and the allow-listed "
+    "metadata labels (attribution.info_labels). Always 1.",
+    ("vm_uuid", "tenant_id", "name", "tenant_source", "..."),
+    lambda _: None,
+)
+BLOCK_INFO = Family(
+    PREFIX + "vm_block_info",
+    "info",
+    "Host path behind each VM disk (block.N.path). Always 1.",
+    ("vm_uuid", "tenant_id", "device", "path"),
+    lambda _: None,
+)
+
+
+def _self_family(name: str, kind: Kind, help: str, labels: tuple[str, ...] = ()) -> Family:
+    return Family(PREFIX + name, kind, help, labels, lambda _: None)
+
+
+# Self-metrics are rendered by hand below; declared here for the docs and tests.
+SELF_FAMILIES = (
+    _self_family(
+        "build_info",
+        "info",
+        "Version of hostcollector and of Python. Always 1.",
+        ("version", "python_version"),
+    ),
+    _self_family(
+        "source_up", "gauge", "1 if the source's last poll succeeded, 0 if it failed.", ("source",)
+    ),
+    _self_family("source_polls_total", "counter", "Polls of the source.", ("source",)),
+    _self_family(
+        "source_poll_errors_total",
+        "counter",
+        "Failed polls of the source, by reason (connect, timeout, busy, stats_call, ...).",
+        ("source", "reason"),
+    ),
+    _self_family(
+        "source_last_poll_duration_seconds",
+        "gauge",
+        "Wall time of the source's last poll.",
+        ("source",),
+    ),
+    _self_family(
+        "source_last_success_timestamp_seconds",
+        "gauge",
+        "When the source last polled successfully (Unix time).",
+        ("source",),
+    ),
+    _self_family(
+        "libvirt_connects_total",
+        "counter",
+        "Connections opened to libvirtd; more than one means reconnects.",
+    ),
+    _self_family(
+        "libvirt_timeouts_total",
+        "counter",
+        "libvirt calls abandoned past their deadline, by reason (list, stats, stats_retry, probe, no_free_lane).",
+        ("reason",),
+    ),
+    _self_family(
+        "libvirt_quarantined_vms",
+        "gauge",
+        "VMs in quarantine now: their QEMU monitor does not answer.",
+    ),
+    _self_family("libvirt_quarantines_total", "counter", "Times a VM was put into quarantine."),
+    _self_family(
+        "libvirt_busy_domains_total",
+        "counter",
+        "Domains whose stats NOWAIT returned partial because their job was busy; their last good values were kept.",
+    ),
+    _self_family("vms", "gauge", "VMs exported, in any state."),
+    _self_family("vfs", "gauge", "SR-IOV VFs exported."),
+    _self_family(
+        "nvml_available",
+        "gauge",
+        "1 if NVML initialised (library and driver present); 0 if not, when only sysfs GPUs are reported.",
+    ),
+    _self_family("gpus", "gauge", "GPU functions exported, NVML's and sysfs-only ones."),
+    _self_family(
+        "gpus_unassigned",
+        "gauge",
+        "GPUs in use by no VM: not passed through to a domain, and hosting no vGPU.",
+    ),
+    _self_family("vgpus", "gauge", "vGPU instances exported."),
+    _self_family(
+        "vgpus_unattributed", "gauge", "vGPU instances whose VM this host's libvirt does not know."
+    ),
+    _self_family(
+        "vfs_unattributed",
+        "gauge",
+        "VFs no domain holds as a hostdev (free, or given to something that is not a libvirt domain).",
+    ),
+    _self_family(
+        "vms_unattributed",
+        "gauge",
+        "VMs exported without a tenant (no metadata rule and no mapping entry matched).",
+    ),
+    _self_family("tenants", "gauge", "Distinct tenants among the exported VMs."),
+    _self_family(
+        "tenant_map_entries",
+        "gauge",
+        "Entries in the control plane's tenant map in force (the last good file).",
+    ),
+    _self_family("tenant_map_reloads_total", "counter", "Successful loads of the tenant map file."),
+    _self_family(
+        "tenant_map_errors_total",
+        "counter",
+        "Versions of the tenant map file that were rejected (missing, unreadable, malformed).",
+    ),
+    _self_family(
+        "tenant_map_last_reload_success_timestamp_seconds",
+        "gauge",
+        "When the tenant map was last loaded (Unix time).",
+    ),
+    _self_family(
+        "snapshot_timestamp_seconds", "gauge", "When the snapshot served was built (Unix time)."
+    ),
+    _self_family("exposition_series", "gauge", "Series in this exposition, this one included."),
+)
+
+ALL_FAMILIES = (
+    *VM_FAMILIES,
+    *VM_STATUS_FAMILIES,
+    VM_INFO,
+    *VCPU_FAMILIES,
+    *BLOCK_FAMILIES,
+    BLOCK_INFO,
+    *INTERFACE_FAMILIES,
+    *VF_FAMILIES,
+    VF_INFO,
+    *PF_FAMILIES,
+    *GPU_FAMILIES,
+    GPU_INFO,
+    GPU_ECC,
+    GPU_REMAPPED,
+    GPU_NVLINK,
+    GPU_XID,
+    GPU_CLOCKS_EVENT,
+    *VGPU_FAMILIES,
+    VGPU_INFO,
+    *SELF_FAMILIES,
+)

@@ -1,0 +1,103 @@
+"""NVIDIA GPU functions as the PCI subsystem sees them, whoever drives them. Pure file reads.
+
+A GPU passed through whole is bound to vfio-pci and invisible to the host's NVML; sysfs is the
+host's only view of it: AER error counters, PCIe link speed and width against their maximum,
+power state, and which driver holds it. Read below a configurable root ("/" on a host).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+NVIDIA_VENDOR = "0x10de"
+DISPLAY_CLASSES = ("0x0300", "0x0302")  # VGA-compatible and 3D controllers
+_AER_TOTALS = {
+    "aer_dev_correctable": "TOTAL_ERR_COR",
+    "aer_dev_nonfatal": "TOTAL_ERR_NONFATAL",
+    "aer_dev_fatal": "TOTAL_ERR_FATAL",
+}
+_SPEED = re.compile(r"^([0-9.]+) GT/s")
+
+
+@dataclass(frozen=True, slots=True)
+class PciGpu:
+    pci_address: str
+    driver: str | None
+    physfn: str | None  # set for an SR-IOV VF: its PF's address
+    aer_correctable: int | None = None
+    aer_nonfatal: int | None = None
+    aer_fatal: int | None = None
+    link_speed_current_gts: float | None = None
+    link_speed_max_gts: float | None = None
+    link_width_current: int | None = None
+    link_width_max: int | None = None
+    power_state: str | None = None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _aer_total(path: Path, total: str) -> int | None:
+    for line in (_read(path) or "").splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.strip() == total and value.isdigit():
+            return int(value)
+    return None
+
+
+def _speed(text: str | None) -> float | None:
+    match = _SPEED.match(text or "")
+    return float(match.group(1)) if match else None
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _link(path: Path) -> str | None:
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None
+
+
+def read_pci_gpu(device: Path) -> PciGpu:
+    aer = {name: _aer_total(device / name, total) for name, total in _AER_TOTALS.items()}
+    return PciGpu(
+        pci_address=device.name,
+        driver=_link(device / "driver"),
+        physfn=_link(device / "physfn"),
+        aer_correctable=aer["aer_dev_correctable"],
+        aer_nonfatal=aer["aer_dev_nonfatal"],
+        aer_fatal=aer["aer_dev_fatal"],
+        link_speed_current_gts=_speed(_read(device / "current_link_speed")),
+        link_speed_max_gts=_speed(_read(device / "max_link_speed")),
+        link_width_current=_int(_read(device / "current_link_width")),
+        link_width_max=_int(_read(device / "max_link_width")),
+        power_state=_read(device / "power_state"),
+    )
+
+
+def scan_nvidia_gpus(root: str | Path = "/") -> dict[str, PciGpu]:
+    """Every NVIDIA display-class PCI function by address; what vanishes meanwhile is skipped."""
+    devices = Path(root, "sys/bus/pci/devices")
+    try:
+        names = sorted(os.listdir(devices))
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        device = devices / name
+        if _read(device / "vendor") != NVIDIA_VENDOR:
+            continue
+        if not (_read(device / "class") or "").startswith(DISPLAY_CLASSES):
+            continue
+        found[name] = read_pci_gpu(device)
+    return found
