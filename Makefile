@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both set up what they need.
-.PHONY: bootstrap lab lab-down run test lint unit dump readme-table bench-hung bench-lab
+.PHONY: bootstrap lab lab-down run test lint unit dump readme-table bench-hung bench-lab test-deploy
 SHELL := /bin/bash
 VENV := .venv/bin
 
@@ -33,10 +33,12 @@ lint: bootstrap
 unit: bootstrap
 	$(VENV)/pytest -m "not lab"
 
-# Everything CI runs: lint, type check, unit tests and the lab tests on a real hypervisor.
+# Everything CI runs: lint, type check, the deployment checks (Ansible role applied for real,
+# Prometheus rules and their tests), unit tests and the lab tests on a real hypervisor.
 test: bootstrap lint
 	tests/lab/up.sh
-	HOSTCOLLECTOR_LAB=required $(VENV)/pytest
+	$(MAKE) --no-print-directory test-deploy
+	HOSTCOLLECTOR_LAB=required $(VENV)/pytest -m "not deploy"
 
 dump: bootstrap
 	$(VENV)/hostcollector dump --config conf/lab.yml
@@ -60,3 +62,29 @@ bench-hung: bootstrap
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus-libvirt-exporter >/dev/null
 	tests/lab/up.sh
 	$(VENV)/python tests/bench/hung_qemu.py
+
+# Fleet deployment (ansible/, conf/prometheus/): ansible-lint (production profile), the
+# playbook's syntax, promtool on the scrape config, rules and rule tests, then the role applied
+# to this machine (tests/test_deploy.py: service management off, venv/config/unit in a temp
+# dir). Installs ansible-core, ansible-lint, python3-seccomp and systemd (for systemd-analyze;
+# systemd need not run) from Debian when missing.
+.PHONY: test-deploy
+test-deploy: bootstrap
+	@missing=$$(for pkg in ansible-core ansible-lint python3-seccomp systemd; do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || echo $$pkg; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "test-deploy: installing" $$missing; apt-get update -q >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	fi
+	ansible-lint --profile production ansible/
+	ANSIBLE_ROLES_PATH=ansible/roles ansible-playbook -i ansible/inventory/example.yml --syntax-check ansible/playbooks/site.yml
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(VENV)/python -c 'import sys, yaml; c = yaml.safe_load(open("conf/prometheus/scrape.yml")); \
+	c["rule_files"] = [sys.argv[1] + "/conf/prometheus/rules.yml"]; \
+	c["scrape_configs"][0]["file_sd_configs"][0]["files"] = [sys.argv[1] + "/conf/prometheus/hostcollector_targets.example.json"]; \
+	yaml.safe_dump(c, sys.stdout)' "$(CURDIR)" >"$$tmp/prometheus.yml" && \
+	echo "promtool check config (conf/prometheus/scrape.yml + rules.yml + hostcollector_targets.example.json)" && \
+	promtool check config "$$tmp/prometheus.yml"
+	promtool check rules conf/prometheus/rules.yml
+	promtool test rules conf/prometheus/rules.test.yml
+	HOSTCOLLECTOR_DEPLOY=required $(VENV)/pytest -m deploy tests/test_deploy.py

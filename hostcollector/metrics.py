@@ -772,7 +772,15 @@ VGPU_INFO = Family(
     PREFIX + "vgpu_info",
     "info",
     "A vGPU instance: its type, its mdev UUID or SR-IOV VF address, its MIG GPU instance, and the VM id the host driver gives. Always 1.",
-    (*VGPU_LABELS, "vgpu_instance", "type", "mdev_uuid", "vf_pci_address", "gpu_instance_id", "vm_id"),
+    (
+        *VGPU_LABELS,
+        "vgpu_instance",
+        "type",
+        "mdev_uuid",
+        "vf_pci_address",
+        "gpu_instance_id",
+        "vm_id",
+    ),
     lambda _: None,
 )
 
