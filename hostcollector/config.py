@@ -47,6 +47,15 @@ RESERVED_LABELS = frozenset(
 )
 
 
+def _schedule_problems(interval_seconds: float, timeout_seconds: float) -> list[str]:
+    found = []
+    if interval_seconds <= 0:
+        found.append("interval_seconds: must be > 0")
+    if not 0 < timeout_seconds <= interval_seconds:
+        found.append("timeout_seconds: must be > 0 and at most interval_seconds")
+    return found
+
+
 @dataclass(frozen=True)
 class ListenConfig:
     address: str = "127.0.0.1"
@@ -79,11 +88,7 @@ class LibvirtConfig:
     max_sample_age_seconds: float = 180.0
 
     def problems(self) -> list[str]:
-        found = []
-        if self.interval_seconds <= 0:
-            found.append("interval_seconds: must be > 0")
-        if not 0 < self.timeout_seconds <= self.interval_seconds:
-            found.append("timeout_seconds: must be > 0 and at most interval_seconds")
+        found = _schedule_problems(self.interval_seconds, self.timeout_seconds)
         for group in self.stats_groups:
             if group not in STATS_GROUPS:
                 found.append(
@@ -112,12 +117,7 @@ class SriovConfig:
     sysfs_root: str = "/"
 
     def problems(self) -> list[str]:
-        found = []
-        if self.interval_seconds <= 0:
-            found.append("interval_seconds: must be > 0")
-        if not 0 < self.timeout_seconds <= self.interval_seconds:
-            found.append("timeout_seconds: must be > 0 and at most interval_seconds")
-        return found
+        return _schedule_problems(self.interval_seconds, self.timeout_seconds)
 
 
 @dataclass(frozen=True)
@@ -131,12 +131,7 @@ class NvmlConfig:
     sysfs_root: str = "/"
 
     def problems(self) -> list[str]:
-        found = []
-        if self.interval_seconds <= 0:
-            found.append("interval_seconds: must be > 0")
-        if not 0 < self.timeout_seconds <= self.interval_seconds:
-            found.append("timeout_seconds: must be > 0 and at most interval_seconds")
-        return found
+        return _schedule_problems(self.interval_seconds, self.timeout_seconds)
 
 
 @dataclass(frozen=True)

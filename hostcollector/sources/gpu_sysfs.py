@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostcollector.sources.sysfs import link_name, read_text
+
 NVIDIA_VENDOR = "0x10de"
 DISPLAY_CLASSES = ("0x0300", "0x0302")  # VGA-compatible and 3D controllers
 _AER_TOTALS = {
@@ -37,15 +39,8 @@ class PciGpu:
     power_state: str | None = None
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
 def _aer_total(path: Path, total: str) -> int | None:
-    for line in (_read(path) or "").splitlines():
+    for line in (read_text(path) or "").splitlines():
         name, _, value = line.rpartition(" ")
         if name.strip() == total and value.isdigit():
             return int(value)
@@ -61,27 +56,20 @@ def _int(text: str | None) -> int | None:
     return int(text) if text is not None and text.isdigit() else None
 
 
-def _link(path: Path) -> str | None:
-    try:
-        return os.path.basename(os.readlink(path))
-    except OSError:
-        return None
-
-
 def read_pci_gpu(device: Path) -> PciGpu:
     aer = {name: _aer_total(device / name, total) for name, total in _AER_TOTALS.items()}
     return PciGpu(
         pci_address=device.name,
-        driver=_link(device / "driver"),
-        physfn=_link(device / "physfn"),
+        driver=link_name(device / "driver"),
+        physfn=link_name(device / "physfn"),
         aer_correctable=aer["aer_dev_correctable"],
         aer_nonfatal=aer["aer_dev_nonfatal"],
         aer_fatal=aer["aer_dev_fatal"],
-        link_speed_current_gts=_speed(_read(device / "current_link_speed")),
-        link_speed_max_gts=_speed(_read(device / "max_link_speed")),
-        link_width_current=_int(_read(device / "current_link_width")),
-        link_width_max=_int(_read(device / "max_link_width")),
-        power_state=_read(device / "power_state"),
+        link_speed_current_gts=_speed(read_text(device / "current_link_speed")),
+        link_speed_max_gts=_speed(read_text(device / "max_link_speed")),
+        link_width_current=_int(read_text(device / "current_link_width")),
+        link_width_max=_int(read_text(device / "max_link_width")),
+        power_state=read_text(device / "power_state"),
     )
 
 
@@ -95,9 +83,9 @@ def scan_nvidia_gpus(root: str | Path = "/") -> dict[str, PciGpu]:
     found = {}
     for name in names:
         device = devices / name
-        if _read(device / "vendor") != NVIDIA_VENDOR:
+        if read_text(device / "vendor") != NVIDIA_VENDOR:
             continue
-        if not (_read(device / "class") or "").startswith(DISPLAY_CLASSES):
+        if not (read_text(device / "class") or "").startswith(DISPLAY_CLASSES):
             continue
         found[name] = read_pci_gpu(device)
     return found

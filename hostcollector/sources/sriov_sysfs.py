@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostcollector.sources.sysfs import read_int, read_text
+
 # sysfs counter names -> VfCounters fields
 _SYSFS_COUNTERS = {
     "rx_packets": "receive_packets",
@@ -44,21 +46,6 @@ class PhysicalFunction:
     vf_pci: dict[int, str]  # VF index -> PCI address
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def _read_int(path: Path) -> int | None:
-    text = _read(path)
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
-
-
 def discover_pfs(root: str | Path = "/") -> list[PhysicalFunction]:
     """Every netdev with VFs enabled. PFs and VFs may come and go (driver reloads, numvfs
     changes) between any two reads: whatever vanished midway is skipped, never an error."""
@@ -70,8 +57,8 @@ def discover_pfs(root: str | Path = "/") -> list[PhysicalFunction]:
     pfs = []
     for name in names:
         device = net / name / "device"
-        numvfs = _read_int(device / "sriov_numvfs")
-        ifindex = _read_int(net / name / "ifindex")
+        numvfs = read_int(device / "sriov_numvfs")
+        ifindex = read_int(net / name / "ifindex")
         if not numvfs or ifindex is None:
             continue
         try:
@@ -100,11 +87,11 @@ def read_vf_sysfs_stats(root: str | Path, pf: str, vf: int) -> dict[str, int] | 
     counters: dict[str, int] = {}
     if base.is_dir():
         for name, counter in _SYSFS_COUNTERS.items():
-            value = _read_int(base / name)
+            value = read_int(base / name)
             if value is not None:
                 counters[counter] = value
     elif base.is_file():
-        for line in (_read(base) or "").splitlines():
+        for line in (read_text(base) or "").splitlines():
             name, _, text = line.partition(":")
             known = _SYSFS_COUNTERS.get(name.strip())
             if known is not None and text.strip().isdigit():
