@@ -83,8 +83,8 @@ def attribute_gpus(
     vms: Iterable[AttributedVM],
 ) -> tuple[AttributedGpu, ...]:
     """A GPU passed through whole belongs to the domain holding its PCI address. A vGPU belongs
-    to the domain holding its VF (SR-IOV vGPU) or its mdev, else to the VM the host driver
-    names, by domain UUID or by domain name."""
+    to the domain holding its mdev, else to the VM the host driver names, by domain UUID or by
+    domain name (an SR-IOV vGPU's VF is the domain's hostdev, but NVML does not name the VF)."""
     vm_by_pci = {pci: uuid for uuid, addresses in pci_devices.items() for pci in addresses}
     vm_by_mdev = {mdev: uuid for uuid, mdevs in mdev_devices.items() for mdev in mdevs}
     tenant_by_vm = {vm.stats.uuid: vm.tenant_id for vm in vms}
@@ -95,8 +95,7 @@ def attribute_gpus(
         vgpu_vms = []
         for vgpu in gpu.vgpus:
             uuid = (
-                vm_by_pci.get(vgpu.vf_pci_address or "")
-                or vm_by_mdev.get(vgpu.mdev_uuid or "")
+                vm_by_mdev.get(vgpu.mdev_uuid or "")
                 or (vgpu.vm_id.lower() if vgpu.vm_id_type == "uuid" else vm_by_name.get(vgpu.vm_id))
                 or ""
             )

@@ -270,7 +270,7 @@ def _render_gpus(w: _Writer, snapshot: Snapshot) -> None:
             ("vgpu_instance", str(v.instance_id)),
             ("type", v.type_name or ""),
             ("mdev_uuid", v.mdev_uuid or ""),
-            ("vf_pci_address", v.vf_pci_address or ""),
+            ("guest_pci_address", v.guest_pci_address or ""),
             ("gpu_instance_id", "" if v.gpu_instance_id is None else str(v.gpu_instance_id)),
             ("vm_id", v.vm_id),
         )

@@ -771,13 +771,13 @@ VGPU_FAMILIES = (
 VGPU_INFO = Family(
     PREFIX + "vgpu_info",
     "info",
-    "A vGPU instance: its type, its mdev UUID or SR-IOV VF address, its MIG GPU instance, and the VM id the host driver gives. Always 1.",
+    "A vGPU instance: its type, its mdev UUID, its PCI address inside the guest, its MIG GPU instance, and the VM id the host driver gives. Always 1.",
     (
         *VGPU_LABELS,
         "vgpu_instance",
         "type",
         "mdev_uuid",
-        "vf_pci_address",
+        "guest_pci_address",
         "gpu_instance_id",
         "vm_id",
     ),

@@ -204,7 +204,8 @@ class VgpuStats:
     vm_id_type: str  # "uuid" or "domain"
     uuid: str | None = None
     mdev_uuid: str | None = None
-    vf_pci_address: str | None = None  # SR-IOV vGPU: the VF given to the VM
+    # nvmlVgpuInstanceGetGpuPciId: the vGPU's address as the guest sees it, once its driver runs
+    guest_pci_address: str | None = None
     type_name: str | None = None
     gpu_instance_id: int | None = None  # MIG-backed vGPU: its GPU instance
     fb_usage_bytes: int | None = None

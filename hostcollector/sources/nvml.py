@@ -11,8 +11,12 @@ this source's own thread lane with a deadline. Facts it relies on (shared/refere
 - A driver reload or upgrade gives "driver/library version mismatch" or "uninitialized" until
   NVML is initialised again: re-initialise, with backoff. No library or no driver: the source
   still reports the GPUs sysfs sees (a passthrough-only host has no nvidia.ko at all).
-- pynvml's nvmlVgpuInstanceGetVmID passes an 80-byte buffer but tells NVML it holds 128: it is
-  called here directly with a buffer of the size it claims.
+- Two pynvml 13.x wrappers are wrong, so the C functions are called here directly, through
+  pynvml's own function pointers: nvmlVgpuInstanceGetVmID passes an 80-byte buffer but tells
+  NVML it holds 128; nvmlVgpuInstanceGetFbUsage reads an unsigned long long into a 32-bit int
+  (a vGPU using 4 GiB reads as 0).
+- nvmlVgpuInstanceGetGpuPciId is the vGPU's address inside the guest, not the host VF: a vGPU is
+  joined to its VM by mdev UUID or by the VM id the driver gives (the domain UUID on KVM).
 """
 
 from __future__ import annotations
@@ -227,7 +231,10 @@ class NvmlSource:
         pci_info = call(nv.nvmlDeviceGetPciInfo, handle)
         pci = normalize_pci(_text(pci_info.busId) or "") if pci_info is not None else ""
         self._state.identity[index] = (uuid, pci)
-        memory = call(nv.nvmlDeviceGetMemoryInfo, handle)
+        # v2 separates memory the driver reserves from what is used; v1 counts it as used
+        memory = call(nv.nvmlDeviceGetMemoryInfo, handle, nv.nvmlMemory_v2) or call(
+            nv.nvmlDeviceGetMemoryInfo, handle
+        )
         power = call(nv.nvmlDeviceGetPowerUsage, handle)
         energy = call(nv.nvmlDeviceGetTotalEnergyConsumption, handle)
         sm_clock = call(nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_SM)
@@ -381,7 +388,7 @@ class NvmlSource:
             encoder = call(nv.nvmlVgpuInstanceGetEncoderStats, instance)
             fbc = call(nv.nvmlVgpuInstanceGetFBCStats, instance)
             gpu_instance = call(nv.nvmlVgpuInstanceGetGpuInstanceId, instance)
-            vf = call(nv.nvmlVgpuInstanceGetGpuPciId, instance)
+            guest_pci = _text(call(nv.nvmlVgpuInstanceGetGpuPciId, instance))
             # no new sample since the last poll: the last mean stands
             means = utilization.get(instance) or self._state.vgpu_last.get(instance)
             sm, mem, enc, dec = means if means is not None else (None, None, None, None)
@@ -393,7 +400,9 @@ class NvmlSource:
                     uuid=_text(call(nv.nvmlVgpuInstanceGetUUID, instance)),
                     mdev_uuid=(_text(call(nv.nvmlVgpuInstanceGetMdevUUID, instance)) or "").lower()
                     or None,
-                    vf_pci_address=normalize_pci(_text(vf) or "") if vf else None,
+                    guest_pci_address=normalize_pci(guest_pci)
+                    if guest_pci and guest_pci.strip("0:.")
+                    else None,
                     type_name=_text(call(nv.nvmlVgpuTypeGetName, type_id))
                     if type_id is not None
                     else None,
@@ -401,7 +410,7 @@ class NvmlSource:
                     gpu_instance_id=gpu_instance
                     if gpu_instance is not None and gpu_instance != 0xFFFFFFFF
                     else None,
-                    fb_usage_bytes=call(nv.nvmlVgpuInstanceGetFbUsage, instance),
+                    fb_usage_bytes=self._fb_usage(instance),
                     licensed=bool(license_info.isLicensed) if license_info is not None else None,
                     sm_utilization_ratio=sm,
                     memory_utilization_ratio=mem,
@@ -416,6 +425,18 @@ class NvmlSource:
                 )
             )
         return tuple(found)
+
+    def _fb_usage(self, instance: int) -> int | None:
+        nv = self._pynvml
+        used = ctypes.c_ulonglong(0)
+        fn = nv._nvmlGetFunctionPointer("nvmlVgpuInstanceGetFbUsage")
+        try:
+            nv._nvmlCheckReturn(fn(ctypes.c_uint(instance), ctypes.byref(used)))
+        except nv.NVMLError_GpuIsLost as exc:
+            raise _Lost from exc
+        except nv.NVMLError:
+            return None
+        return used.value
 
     def _vm_id(self, instance: int) -> tuple[str, str] | None:
         nv = self._pynvml
@@ -473,15 +494,14 @@ class NvmlSource:
         """NVML's GPUs with their PCIe side added, then every GPU function NVML cannot see."""
         merged = []
         nvml_addresses = {g.pci_address for g in nvml_gpus if g.pci_address}
-        vgpu_vfs = {v.vf_pci_address for g in nvml_gpus for v in g.vgpus if v.vf_pci_address}
         for gpu in nvml_gpus:
             side = pci.get(gpu.pci_address)
             merged.append(_with_pcie(gpu, side) if side else gpu)
         for address, side in pci.items():
-            if address in nvml_addresses or address in vgpu_vfs:
+            if address in nvml_addresses:
                 continue
             if side.physfn in nvml_addresses:
-                continue  # an idle vGPU VF of a host-owned GPU: no device of its own
+                continue  # a vGPU VF of a host-owned GPU: reported as its vGPU instance
             merged.append(_with_pcie(GpuStats(pci_address=address, nvml_visible=False), side))
         return tuple(merged)
 
