@@ -649,6 +649,18 @@ GPU_FAMILIES = (
         "Maximum PCIe link width (sysfs max_link_width).",
         lambda g: g.link_width_max,
     ),
+    _gpu(
+        "gpu_vgpu_scheduler_policy",
+        "gauge",
+        "vGPU scheduler policy of a GPU hosting vGPUs (nvmlDeviceGetVgpuSchedulerState): 1 best effort, 2 equal share, 3 fixed share.",
+        lambda g: g.vgpu_scheduler_policy,
+    ),
+    _gpu(
+        "gpu_vgpu_scheduler_arr_mode",
+        "gauge",
+        "Adaptive round-robin mode of the vGPU scheduler: 1 disabled, 2 enabled.",
+        lambda g: g.vgpu_scheduler_arr_mode,
+    ),
 )
 GPU_INFO = Family(
     PREFIX + "gpu_info",

@@ -260,6 +260,8 @@ class GpuStats:
     compute_mode: int | None = None
     mig_mode: bool | None = None
     vgpus: tuple[VgpuStats, ...] = ()
+    vgpu_scheduler_policy: int | None = None  # 1 best effort, 2 equal share, 3 fixed share
+    vgpu_scheduler_arr_mode: int | None = None  # adaptive round robin: 1 off, 2 on
     # PCIe health from sysfs, for every GPU function (the only view of a passed-through one)
     aer_correctable: int | None = None
     aer_nonfatal: int | None = None

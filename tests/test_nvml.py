@@ -217,3 +217,14 @@ def test_version_mismatch_reinitialises_with_backoff(gpus: Gpus) -> None:
             break
         asyncio.run(asyncio.sleep(0.02))
     assert sample.nvml_available and len(sample.gpus) == 8
+
+
+def test_vgpu_scheduler_state_of_gpus_hosting_vgpus(gpus: Gpus) -> None:
+    scenario = stub.vgpu_host([ACME_VM, ORPHAN_VM], GLOBEX_VMS)
+    gpus.write(scenario)
+    policies = {
+        g.name: (g.vgpu_scheduler_policy, g.vgpu_scheduler_arr_mode) for g in gpus.poll().gpus
+    }
+    assert policies == {"NVIDIA A40": (2, 2), "Tesla T4": (1, 0)}
+    gpus.write(stub.eight_gpus())  # no vGPU: no scheduler series
+    assert all(g.vgpu_scheduler_policy is None for g in gpus.poll().gpus)

@@ -244,6 +244,8 @@ class NvmlSource:
         persistence = call(nv.nvmlDeviceGetPersistenceMode, handle)
         mig = call(nv.nvmlDeviceGetMigMode, handle)
         remapped = call(nv.nvmlDeviceGetRemappedRows, handle)
+        vgpus = self._vgpus(handle, uuid)
+        scheduler = call(nv.nvmlDeviceGetVgpuSchedulerState, handle) if vgpus else None
         return GpuStats(
             pci_address=pci,
             nvml_visible=True,
@@ -281,7 +283,9 @@ class NvmlSource:
             persistence_mode=bool(persistence) if persistence is not None else None,
             compute_mode=call(nv.nvmlDeviceGetComputeMode, handle),
             mig_mode=bool(mig[0]) if mig is not None else None,
-            vgpus=self._vgpus(handle, uuid),
+            vgpus=vgpus,
+            vgpu_scheduler_policy=scheduler.schedulerPolicy if scheduler is not None else None,
+            vgpu_scheduler_arr_mode=scheduler.arrMode if scheduler is not None else None,
         )
 
     def _utilization(self, handle: Any, uuid: str, kind: int) -> float | None:
