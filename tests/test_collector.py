@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import time
 
+import pytest
+
 from hostcollector.collector import Collector
 from hostcollector.config import Config, LibvirtConfig, SourcesConfig
 from hostcollector.errors import SourceError
@@ -64,6 +66,38 @@ def test_a_failed_poll_keeps_last_good_values_until_max_age() -> None:
         await collector.poll_all_once()
         assert collector.exposition.snapshot.vms == ()  # too old: gone rather than lie
 
+        await collector.stop()
+
+    asyncio.run(go())
+
+
+def test_sources_finishing_together_cost_one_render_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import hostcollector.collector as collector_module
+
+    renders: list[str] = []
+    real_render = collector_module.render
+
+    def counting_render(snapshot, **kwargs):  # type: ignore[no-untyped-def]
+        renders.append(threading.current_thread().name)
+        return real_render(snapshot, **kwargs)
+
+    monkeypatch.setattr(collector_module, "render", counting_render)
+    first, second = FlakyLibvirt(), FlakyLibvirt()
+    second.name = "other"
+
+    async def go() -> None:
+        collector = Collector(Config(), sources={"libvirt": first, "other": second})
+        renders.clear()
+        await collector.pollers["libvirt"].poll_once()
+        await collector.pollers["other"].poll_once()
+        assert renders == []  # nothing rendered on the loop
+        await asyncio.sleep(collector_module.RENDER_COALESCE_SECONDS + 0.3)
+        assert len(renders) == 1 and renders[0].startswith("hc-render")
+        assert collector.exposition.snapshot.sources[0].polls_total == 1
         await collector.stop()
 
     asyncio.run(go())

@@ -64,11 +64,14 @@ def with_client(
     async def go() -> None:
         collector = Collector(config, sources={"libvirt": source})
         async with TestClient(TestServer(build_app(config, collector))) as client:
-            await asyncio.sleep(0)  # let the first poll run
-            for _ in range(50):
-                if source.polls:
+            # the first poll runs, then its snapshot is rendered (coalesced, off the loop)
+            for _ in range(200):
+                shown = collector.exposition.snapshot.sources
+                if shown and shown[0].polls_total:
                     break
                 await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the first poll was never rendered")
             await test(client)
 
     asyncio.run(go())
