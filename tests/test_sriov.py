@@ -247,3 +247,66 @@ def test_vfs_attributed_to_vms_and_tenants_and_rendered(sysfs: Path) -> None:
             ["promtool", "check", "metrics"], input=text.encode(), capture_output=True
         )
         assert check.returncode == 0 and not check.stdout and not check.stderr, check
+
+
+def pyroute2_decode(data: bytes) -> dict[str, object]:
+    """pyroute2's own generic decoder, as the oracle for hostcollector's struct decoder."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    msg = ifinfmsg(data)
+    msg.decode()
+    vfs = []
+    for info in msg.get_attr("IFLA_VFINFO_LIST").get_attrs("IFLA_VF_INFO"):
+        stats = info.get_attr("IFLA_VF_STATS")
+        vfs.append(
+            {
+                "index": info.get_attr("IFLA_VF_MAC")["vf"],
+                "mac": info.get_attr("IFLA_VF_MAC")["mac"],
+                "vlan": info.get_attr("IFLA_VF_VLAN")["vlan"],
+                "max_tx_rate_mbps": info.get_attr("IFLA_VF_RATE")["max_tx_rate"],
+                "spoof_check": bool(info.get_attr("IFLA_VF_SPOOFCHK")["spoofchk"]),
+                "trust": bool(info.get_attr("IFLA_VF_TRUST")["trust"]),
+                "receive_bytes": stats.get_attr("IFLA_VF_STATS_RX_BYTES"),
+                "transmit_packets": stats.get_attr("IFLA_VF_STATS_TX_PACKETS"),
+                "receive_multicast": stats.get_attr("IFLA_VF_STATS_MULTICAST"),
+                "receive_drop": stats.get_attr("IFLA_VF_STATS_RX_DROPPED"),
+            }
+        )
+    return {
+        "name": msg.get_attr("IFLA_IFNAME"),
+        "num_vf": msg.get_attr("IFLA_NUM_VF"),
+        "rx_bytes": msg.get_attr("IFLA_STATS64")["rx_bytes"],
+        "vfs": vfs,
+    }
+
+
+@pytest.mark.parametrize("pf", SCENARIO, ids=lambda pf: pf.name)
+def test_struct_decoder_agrees_with_pyroute2(pf) -> None:  # type: ignore[no-untyped-def]
+    data = link_message(pf)
+    ours = parse_link_message(data)
+    oracle = pyroute2_decode(data)
+    assert (ours.name, ours.num_vf, ours.link_stats["rx_bytes"]) == (
+        oracle["name"],
+        oracle["num_vf"],
+        oracle["rx_bytes"],
+    )
+    keys = (
+        "index",
+        "mac",
+        "vlan",
+        "max_tx_rate_mbps",
+        "spoof_check",
+        "trust",
+        "receive_bytes",
+        "transmit_packets",
+        "receive_multicast",
+        "receive_drop",
+    )
+    assert [{k: vf.get(k) for k in keys} for vf in ours.vfs] == oracle["vfs"]
+
+
+def test_truncated_or_garbled_messages_end_the_list_not_the_poll() -> None:
+    data = link_message(SCENARIO[0])
+    for cut in (40, len(data) // 2, len(data) - 3):
+        link = parse_link_message(data[:cut])  # never raises; keeps what was complete
+        assert len(link.vfs) <= 4
