@@ -11,7 +11,7 @@ replaced at their boundary only.
 Everything above those boundaries is the real code: the sources' lanes, parsing, the tracker,
 attribution, rendering. Each size runs in a fresh process so RSS is its own. Per size: own CPU
 per cycle and per VM, series, RSS, and /metrics latency p50/p99 with 1 and 10 concurrent
-scrapers (a separate process, gzip like Prometheus). Writes bench-results/synthetic.{json,md}.
+scrapers (wrk, a separate process, gzip like Prometheus). Writes bench-results/synthetic.{json,md}.
 
     .venv/bin/python tests/bench/synthetic.py [--sizes 1000 2000 5000] [--cycles 5]
 """
@@ -45,26 +45,6 @@ def rss_bytes() -> int:
     return 0
 
 
-SCRAPER = r"""
-import sys, threading, time, urllib.request
-url, workers, per_worker = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-latencies = []
-lock = threading.Lock()
-def run():
-    for _ in range(per_worker):
-        req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
-        t = time.perf_counter()
-        with urllib.request.urlopen(req, timeout=30) as r:
-            r.read()
-        with lock:
-            latencies.append(time.perf_counter() - t)
-threads = [threading.Thread(target=run) for _ in range(workers)]
-[t.start() for t in threads]; [t.join() for t in threads]
-latencies.sort()
-print(latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)])
-"""
-
-
 def one_size(count: int, cycles: int) -> dict[str, Any]:
     """Runs in its own process (see main)."""
     import libvirt
@@ -83,6 +63,7 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
         SriovConfig,
     )
     from tests.bench.fakes import FakeConnection
+    from tests.bench.scrape import parse_wrk, wrk_command
     from tests.labkit import free_port
     from tests.nvml_stub import stub
     from tests.sriov_fixtures import PfSpec, link_message, make_sysfs
@@ -189,17 +170,11 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
         latency = {}
         for workers in (1, 10):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                SCRAPER,
-                f"http://127.0.0.1:{port}/metrics",
-                str(workers),
-                str(200 // workers),
+                *wrk_command(f"http://127.0.0.1:{port}/metrics", workers, 10),
                 stdout=asyncio.subprocess.PIPE,
             )
             out, _ = await proc.communicate()
-            p50, p99 = map(float, out.split())
-            latency[workers] = (p50, p99)
+            latency[workers] = parse_wrk(out.decode())
         await runner.cleanup()
         return {
             "vms": len(snapshot.vms),
@@ -213,10 +188,10 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
             "stage_cpu_ms": {k: v * 1000 / cycles for k, v in stages.items()},
             "rss_mb": rss_bytes() / 2**20,
             "rss_growth_per_vm_kb": (rss_bytes() - baseline) / count / 1024,
-            "scrape_1_p50_ms": latency[1][0] * 1000,
-            "scrape_1_p99_ms": latency[1][1] * 1000,
-            "scrape_10_p50_ms": latency[10][0] * 1000,
-            "scrape_10_p99_ms": latency[10][1] * 1000,
+            "scrape_1_p50_ms": latency[1][0],
+            "scrape_1_p99_ms": latency[1][1],
+            "scrape_10_p50_ms": latency[10][0],
+            "scrape_10_p99_ms": latency[10][1],
         }
 
     return asyncio.run(run())
