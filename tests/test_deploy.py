@@ -200,6 +200,8 @@ CONFIG_VARS = {
     "hostcollector_libvirt_interval_seconds": "sources.libvirt.interval_seconds",
     "hostcollector_libvirt_timeout_seconds": "sources.libvirt.timeout_seconds",
     "hostcollector_libvirt_stats_groups": "sources.libvirt.stats_groups",
+    "hostcollector_libvirt_slow_stats_groups": "sources.libvirt.slow_stats_groups",
+    "hostcollector_libvirt_slow_stats_every": "sources.libvirt.slow_stats_every",
     "hostcollector_libvirt_nowait": "sources.libvirt.nowait",
     "hostcollector_libvirt_metadata_refresh_seconds": "sources.libvirt.metadata_refresh_seconds",
     "hostcollector_libvirt_parallel_calls": "sources.libvirt.parallel_calls",

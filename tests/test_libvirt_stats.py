@@ -93,3 +93,52 @@ def test_guest_fields_absent_without_balloon_driver(lab_raw: list[dict[str, Any]
 def test_wrong_typed_values_are_ignored() -> None:
     domain = parse_domain_stats("u", "n", {"cpu.time": "12", "state.state": True, "net.count": 1})
     assert domain.cpu_time_seconds is None and domain.state is None and domain.interfaces == ()
+
+
+def test_slow_groups_are_read_every_nth_poll_and_carried_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    import libvirt
+
+    from hostcollector.config import LibvirtConfig
+    from hostcollector.sources.libvirt import LibvirtSource
+    from tests.bench.fakes import FakeConnection
+
+    conn = FakeConnection(2)
+    asked: list[int] = []
+    real = conn.domainListGetStats
+
+    def recording(handles, mask, flags):  # type: ignore[no-untyped-def]
+        asked.append(mask)
+        return real(handles, mask, flags)
+
+    conn.domainListGetStats = recording  # type: ignore[method-assign]
+    monkeypatch.setattr(libvirt, "openReadOnly", lambda _uri: conn)
+    source = LibvirtSource(
+        LibvirtConfig(slow_stats_groups=("vcpu", "balloon"), slow_stats_every=2, parallel_calls=1),
+        (),
+    )
+
+    uuid = conn.domains[0].UUIDString()
+
+    async def polls() -> list[object]:
+        found = []
+        try:
+            for step in range(3):
+                conn.stats[uuid]["vcpu.0.time"] = 10**9 * (step + 1)  # moves every poll
+                conn.tick()
+                found.append(await source.poll())
+        finally:
+            await source.close()
+        return found
+
+    results = asyncio.run(polls())
+    slow = libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_BALLOON
+    assert [bool(mask & slow) for mask in asked] == [True, False, True]
+    first, second, third = (r.domains[0] for r in results)  # type: ignore[attr-defined]
+    # the fast poll kept the vCPU and memory values of the full one, and read the rest anew
+    assert [d.vcpus[0].time_seconds for d in (first, second, third)] == [1.0, 1.0, 3.0]
+    assert second.memory == first.memory
+    assert second.cpu_time_seconds != first.cpu_time_seconds and second.blocks

@@ -39,7 +39,7 @@ from hostcollector.config import LibvirtConfig
 from hostcollector.errors import SourceError
 from hostcollector.model import LibvirtHealth, LibvirtSample, TenantClaim
 from hostcollector.sources.domain_xml import DomainDevices, domain_devices
-from hostcollector.sources.libvirt_stats import is_partial, parse_domain_stats
+from hostcollector.sources.libvirt_stats import carry_over, is_partial, parse_domain_stats
 from hostcollector.sources.libvirt_tracker import CONTROL_OCCUPIED, DomainTracker, ListedDomain
 from hostcollector.sources.worker import BlockingLane
 from hostcollector.tenancy import MetadataRule, parse_tenant
@@ -160,6 +160,10 @@ class LibvirtSource:
         self._probe_task: asyncio.Task[None] | None = None
         self._tracker = DomainTracker(config.quarantine_seconds, config.timeout_seconds)
         self._group_names = tuple(config.stats_groups)
+        self._fast_groups = tuple(
+            g for g in config.stats_groups if g not in config.slow_stats_groups
+        )
+        self._polls = 0
         self._conn: Any = None  # the main connection: listing, metadata, events
         self._lane_conns = _ThreadConnections(config.uri)
         self._conn_closed = threading.Event()
@@ -196,7 +200,10 @@ class LibvirtSource:
             raise
         listed_at = time.time()
         plan = self._tracker.plan(listing.domains, listed_at)
-        await self._query(plan.query, listing, deadline)
+        every = self.config.slow_stats_every
+        groups = self._group_names if self._polls % every == 0 else self._fast_groups
+        self._polls += 1
+        await self._query(plan.query, listing, deadline, groups)
         if plan.probe:
             self._start_probe(plan.probe[0], listing)
         domains, freshness = self._tracker.sample(listing.domains)
@@ -233,7 +240,9 @@ class LibvirtSource:
 
     # -- the main path ---------------------------------------------------------------------------
 
-    async def _query(self, uuids: Sequence[str], listing: _Listing, deadline: float) -> None:
+    async def _query(
+        self, uuids: Sequence[str], listing: _Listing, deadline: float, groups: tuple[str, ...]
+    ) -> None:
         if not uuids:
             return
         loop = asyncio.get_running_loop()
@@ -245,7 +254,7 @@ class LibvirtSource:
         chunks = [list(uuids[i::lanes]) for i in range(lanes)]
         first_deadline = loop.time() + (deadline - loop.time()) / 2
         results = await asyncio.gather(
-            *(self._stats_in_lane(chunk, listing, first_deadline) for chunk in chunks),
+            *(self._stats_in_lane(chunk, first_deadline, groups) for chunk in chunks),
             return_exceptions=True,
         )
         overran: list[str] = []
@@ -256,10 +265,10 @@ class LibvirtSource:
             elif isinstance(result, BaseException):
                 raise result
         if overran:
-            await self._isolate_and_retry(overran, listing, deadline)
+            await self._isolate_and_retry(overran, listing, deadline, groups)
 
     async def _isolate_and_retry(
-        self, uuids: list[str], listing: _Listing, deadline: float
+        self, uuids: list[str], listing: _Listing, deadline: float, groups: tuple[str, ...]
     ) -> None:
         """Find which domain an overrun chunk is stuck on, quarantine it, retry the others."""
         loop = asyncio.get_running_loop()
@@ -281,20 +290,29 @@ class LibvirtSource:
                 rest.append(uuid)
         if rest and self._chunks.free:
             try:
-                await self._stats_in_lane(rest, listing, deadline)
+                await self._stats_in_lane(rest, deadline, groups)
             except SourceError as exc:
                 self._timeouts["stats_retry" if exc.reason == "timeout" else exc.reason] += 1
 
-    async def _stats_in_lane(self, uuids: list[str], listing: _Listing, deadline: float) -> None:
+    async def _stats_in_lane(
+        self, uuids: list[str], deadline: float, groups: tuple[str, ...]
+    ) -> None:
         loop = asyncio.get_running_loop()
-        results = await self._chunks.call(lambda: self._stats(uuids), deadline - loop.time())
-        self._record(results)
+        results = await self._chunks.call(
+            lambda: self._stats(uuids, groups), deadline - loop.time()
+        )
+        self._record(results, groups)
 
-    def _record(self, results: list[tuple[str, str, dict[str, Any]]]) -> None:
+    def _record(
+        self, results: list[tuple[str, str, dict[str, Any]]], groups: tuple[str, ...]
+    ) -> None:
         sampled_at = time.time()
+        skipped = tuple(g for g in self._group_names if g not in groups)
         for uuid, name, raw in results:
-            stats = parse_domain_stats(uuid, name, raw)
-            if is_partial(raw, self._group_names):
+            stats = carry_over(
+                parse_domain_stats(uuid, name, raw), self._tracker.last_stats(uuid), skipped
+            )
+            if is_partial(raw, groups):
                 self._busy_domains += 1
                 self._tracker.partial(uuid, stats, sampled_at)
             else:
@@ -315,7 +333,7 @@ class LibvirtSource:
         started = time.time()
         try:
             results = await self._probe_lane.call(
-                lambda: self._stats([uuid]), self.config.timeout_seconds
+                lambda: self._stats([uuid], self._group_names), self.config.timeout_seconds
             )
         except SourceError as exc:
             self._timeouts["probe" if exc.reason == "timeout" else exc.reason] += 1
@@ -375,7 +393,9 @@ class LibvirtSource:
             return None, 0.0  # inactive domains have no control interface
         return int(state), state_ms / 1000.0
 
-    def _stats(self, uuids: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    def _stats(
+        self, uuids: list[str], groups: tuple[str, ...]
+    ) -> list[tuple[str, str, dict[str, Any]]]:
         libvirt = _libvirt()
         conn = self._lane_conns.get(libvirt)
         wanted = set(uuids)
@@ -385,14 +405,14 @@ class LibvirtSource:
             # costs one round trip, where a lookup per domain would cost one each.
             handles = [dom for dom in conn.listAllDomains(0) if dom.UUIDString() in wanted]
             # Domains that vanish meanwhile are skipped by libvirt, not an error.
-            listing = conn.domainListGetStats(handles, self._group_mask(libvirt), flags)
+            listing = conn.domainListGetStats(handles, self._group_mask(libvirt, groups), flags)
         except libvirt.libvirtError as exc:
             raise SourceError("stats_call", f"domainListGetStats failed: {_describe(exc)}") from exc
         return [(dom.UUIDString(), dom.name(), stats) for dom, stats in listing]
 
-    def _group_mask(self, libvirt: Any) -> int:
+    def _group_mask(self, libvirt: Any, groups: tuple[str, ...]) -> int:
         mask = 0
-        for group in self._group_names:
+        for group in groups:
             flag = getattr(libvirt, _GROUP_FLAGS[group], None)
             if flag is None:
                 raise SourceError(

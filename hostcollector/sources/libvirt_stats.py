@@ -9,6 +9,7 @@ busy (NOWAIT) or that is shut off comes back with fields missing, and missing st
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from hostcollector.model import BlockStats, DomainStats, InterfaceStats, MemoryStats, VcpuStats
@@ -167,3 +168,21 @@ def is_partial(raw: Mapping[str, Any], groups: tuple[str, ...]) -> bool:
             if prefix + "path" in raw and prefix + "rd.reqs" not in raw:
                 return True
     return False
+
+
+# Which DomainStats fields each stats group fills
+GROUP_FIELDS = {
+    "cpu_total": ("cpu_time_seconds", "cpu_user_seconds", "cpu_system_seconds"),
+    "vcpu": ("vcpu_current", "vcpu_maximum", "vcpus"),
+    "balloon": ("memory",),
+    "block": ("blocks",),
+    "interface": ("interfaces",),
+}
+
+
+def carry_over(new: DomainStats, old: DomainStats | None, skipped: tuple[str, ...]) -> DomainStats:
+    """`new` with the fields of the groups not asked this poll taken from `old`."""
+    if old is None or not skipped:
+        return new
+    kept = {name: getattr(old, name) for group in skipped for name in GROUP_FIELDS.get(group, ())}
+    return replace(new, **kept)

@@ -106,6 +106,10 @@ class DomainTracker:
         if entry is not None and entry.stats is None:
             entry.stats, entry.sampled_at = stats, sampled_at
 
+    def last_stats(self, uuid: str) -> DomainStats | None:
+        entry = self._entries.get(uuid)
+        return entry.stats if entry else None
+
     @property
     def quarantined(self) -> int:
         return sum(1 for entry in self._entries.values() if entry.quarantined_until is not None)
