@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.bench.lab_cost import cpu_seconds, libvirtd_pid, rss_bytes  # noqa: E402
 from tests.bench.scrape import parse_wrk, wrk_command  # noqa: E402
-from tests.labkit import LAB_VMS, domxml, free_port, one, parse, pick, run_daemon, virsh  # noqa: E402
+from tests.labkit import domxml, free_port, one, parse, pick, run_daemon, virsh  # noqa: E402
 
 OUT = REPO / "bench-results"
 PREFIX = "hc-scratch-scale-"
@@ -91,10 +91,11 @@ def scrape_latency(url: str, seconds: int = 10) -> dict[str, float]:
     return found
 
 
-def measure_hostcollector(domains: int, collections: int) -> dict[str, Any]:
+def measure_hostcollector(collections: int, **libvirt_options: Any) -> dict[str, Any]:
+    extra = {"timeout_seconds": 8.0, **libvirt_options}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        run_daemon(Path(tmp), interval=10.0, sources_extra={"timeout_seconds": 8.0}) as daemon,
+        run_daemon(Path(tmp), interval=10.0, sources_extra=extra) as daemon,
     ):
         daemon.wait_polls(2)  # warm: connections open, metadata of every domain cached
         pid, lpid = daemon.process.pid, libvirtd_pid()
@@ -191,7 +192,12 @@ def main() -> int:
     names = start_domains(args.domains)
     print(f"started {len(names)} paused domains in {time.time() - started:.0f} s", file=sys.stderr)
     try:
-        ours = measure_hostcollector(len(names) + len(LAB_VMS), args.collections)
+        ours = measure_hostcollector(args.collections)
+        # the lever domain.md names: dear groups on their own cadence (vcpu, balloon: ~40 %
+        # of libvirtd's CPU), read every second poll
+        tuned = measure_hostcollector(
+            args.collections, slow_stats_groups=["vcpu", "balloon"], slow_stats_every=2
+        )
         peer = measure_peer(args.collections)
     finally:
         stop_domains(names)
@@ -203,18 +209,23 @@ def main() -> int:
             )
             / r["vms"],
         }
-        for name, r in (("hostcollector", ours), ("peer", peer))
+        for name, r in (("hostcollector", ours), ("tuned", tuned), ("peer", peer))
     }
     goals = {
         "own CPU per VM per collection <= 0.2 ms": per_vm["hostcollector"]["own_cpu_per_vm_ms"]
         <= 0.2,
         "host CPU per VM <= 0.7x the peer's": per_vm["hostcollector"]["host_cpu_per_vm_ms"]
         <= 0.7 * per_vm["peer"]["host_cpu_per_vm_ms"],
+        "host CPU per VM <= 0.7x the peer's, slow vcpu/balloon": per_vm["tuned"][
+            "host_cpu_per_vm_ms"
+        ]
+        <= 0.7 * per_vm["peer"]["host_cpu_per_vm_ms"],
         "series per VM >= 2x the peer's": ours["series_per_vm"] >= 2 * peer["series_per_vm"],
     }
     report = {
         "domains": args.domains,
         "hostcollector": ours,
+        "hostcollector_slow_vcpu_balloon": tuned,
         "peer": peer,
         "per_vm": per_vm,
         "goals": goals,
@@ -223,16 +234,16 @@ def main() -> int:
     (OUT / "real-scale.json").write_text(json.dumps(report, indent=2))
     keys = [k for k in ours if k != "note"]
     lines = [
-        "| measure | hostcollector | prometheus-libvirt-exporter | ratio |",
-        "| --- | --- | --- | --- |",
+        "| measure | hostcollector | hostcollector, vcpu+balloon every 2nd poll | prometheus-libvirt-exporter | ratio to the peer |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for key in keys:
         a, b = ours[key], peer.get(key)
         ratio = f"{a / b:.2f}" if isinstance(b, int | float) and b else ""
-        lines.append(f"| {key} | {_cell(a)} | {_cell(b)} | {ratio} |")
+        lines.append(f"| {key} | {_cell(a)} | {_cell(tuned[key])} | {_cell(b)} | {ratio} |")
     for key in ("own_cpu_per_vm_ms", "host_cpu_per_vm_ms"):
-        a, b = per_vm["hostcollector"][key], per_vm["peer"][key]
-        lines.append(f"| {key} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+        a, t, b = per_vm["hostcollector"][key], per_vm["tuned"][key], per_vm["peer"][key]
+        lines.append(f"| {key} | {a:.3f} | {t:.3f} | {b:.3f} | {a / b:.2f} (slow: {t / b:.2f}) |")
     lines += ["", *(f"- {goal}: {'met' if ok else 'NOT met'}" for goal, ok in goals.items())]
     text = "\n".join(lines) + "\n"
     (OUT / "real-scale.md").write_text(text)
