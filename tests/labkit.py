@@ -258,3 +258,24 @@ def _tenant_defaults(name: str, style: str, tenant: dict[str, str]) -> dict[str,
     if style == "custom":
         return {"tier": "bronze"} | tenant
     return tenant
+
+
+def defined_domain_xml(name: str, uuid: str, tenant: str, device: str, flavor: str) -> str:
+    """XML of a never-started nova 1.1 domain of `tenant` holding one host `device`: enough for
+    libvirtd to report its definition (hostdevs, metadata) without the device existing."""
+    xml: str = domxml.domain_xml(
+        name,
+        uuid,
+        tenant_style="nova11",
+        ip=None,
+        mac=domxml.scratch_mac(name),
+        disk_path="/nonexistent.qcow2",
+        paused_noos=True,
+        project_id=tenant,
+        project_name="p",
+        user_id="u",
+        user_name="u",
+        flavor=flavor,
+        display_name=name,
+    )
+    return xml.replace("</devices>", device + "</devices>")

@@ -13,7 +13,7 @@ import pytest
 from hostcollector.collector import Collector
 from hostcollector.config import Config, NvmlConfig, SourcesConfig, SriovConfig
 from tests.gpu_fixtures import ASSIGNED, make_gpu_sysfs
-from tests.labkit import ACME, GLOBEX, domxml, require_lab, virsh
+from tests.labkit import ACME, GLOBEX, defined_domain_xml, require_lab, virsh
 from tests.nvml_stub import stub
 from tests.nvml_stub.stub import SCENARIO_ENV, write_scenario
 from tests.test_nvml import ACME_VM, GLOBEX_VMS, ORPHAN_VM
@@ -22,25 +22,6 @@ pytestmark = [pytest.mark.lab]
 
 PASSTHROUGH_VM = ("hc-scratch-gpu-pt", "e0e0e0e0-0000-4000-8000-00000000a001", ACME)
 MDEV_VM = ("hc-scratch-gpu-mdev", "e0e0e0e0-0000-4000-8000-00000000a002", GLOBEX)
-
-
-def gpu_domain_xml(name: str, uuid: str, tenant: str, device: str) -> str:
-    xml: str = domxml.domain_xml(
-        name,
-        uuid,
-        tenant_style="nova11",
-        ip=None,
-        mac=domxml.scratch_mac(name),
-        disk_path="/nonexistent.qcow2",
-        paused_noos=True,
-        project_id=tenant,
-        project_name="p",
-        user_id="u",
-        user_name="u",
-        flavor="gpu.large",
-        display_name=name,
-    )
-    return xml.replace("</devices>", device + "</devices>")
 
 
 @pytest.fixture
@@ -56,7 +37,7 @@ def gpu_vms(tmp_path: Path) -> Iterator[str]:
     }
     for (name, uuid, tenant), device in devices.items():
         path = tmp_path / f"{name}.xml"
-        path.write_text(gpu_domain_xml(name, uuid, tenant, device))
+        path.write_text(defined_domain_xml(name, uuid, tenant, device, "gpu.large"))
         virsh("define", str(path))
     try:
         yield mdev

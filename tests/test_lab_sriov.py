@@ -15,7 +15,7 @@ import pytest
 
 from hostcollector.collector import Collector
 from hostcollector.config import Config, LibvirtConfig, SourcesConfig, SriovConfig
-from tests.labkit import domxml, require_lab, virsh
+from tests.labkit import defined_domain_xml, domxml, require_lab, virsh
 from tests.sriov_fixtures import HOSTDEV_VMS, SCENARIO, make_sysfs
 from tests.test_sriov import RecordedLinks
 
@@ -124,22 +124,7 @@ def hostdev_domain_xml(name: str, uuid: str, tenant: str, vf: tuple[str, int], h
         if how == "interface"
         else f"<hostdev mode='subsystem' type='pci' managed='yes'><source><address {address}/></source></hostdev>"
     )
-    xml: str = domxml.domain_xml(
-        name,
-        uuid,
-        tenant_style="nova11",
-        ip=None,
-        mac=domxml.scratch_mac(name),
-        disk_path="/nonexistent.qcow2",
-        paused_noos=True,
-        project_id=tenant,
-        project_name="p",
-        user_id="u",
-        user_name="u",
-        flavor="vf.small",
-        display_name=name,
-    )
-    return xml.replace("</devices>", device + "</devices>")
+    return defined_domain_xml(name, uuid, tenant, device, "vf.small")
 
 
 @pytest.fixture
