@@ -26,8 +26,10 @@ def wants_gzip(accept_encoding: str) -> bool:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    exposition = request.app[COLLECTOR].exposition
+    collector = request.app[COLLECTOR]
+    exposition = collector.exposition
     openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+    collector.openmetrics_wanted |= openmetrics
     gzipped = wants_gzip(request.headers.get("Accept-Encoding", ""))
     response = web.Response(
         body=exposition.body(openmetrics=openmetrics, gzipped=gzipped),

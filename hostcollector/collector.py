@@ -45,16 +45,21 @@ RENDER_COALESCE_SECONDS = 0.25
 
 
 class Exposition:
-    """One snapshot's bytes: text and its gzip (what Prometheus asks for) rendered at once,
-    OpenMetrics on first request."""
+    """One snapshot's bytes, each format with its gzip, rendered up front: the text format
+    always, OpenMetrics too once a scraper has asked for it (Prometheus prefers it by default).
+    A format nobody asked for before is rendered on its first request."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, *, openmetrics: bool = False) -> None:
         self.snapshot = snapshot
-        text = render(snapshot)
-        self._bodies: dict[tuple[bool, bool], bytes] = {
-            (False, False): text,
-            (False, True): gzip.compress(text, compresslevel=1),
-        }
+        self._bodies: dict[tuple[bool, bool], bytes] = {}
+        for flavour in (False, True) if openmetrics else (False,):
+            plain = self._bodies[(flavour, False)] = render(snapshot, openmetrics=flavour)
+            self._bodies[(flavour, True)] = gzip.compress(plain, compresslevel=1)
+
+    @property
+    def ready(self) -> frozenset[tuple[bool, bool]]:
+        """(openmetrics, gzipped) bodies already rendered."""
+        return frozenset(self._bodies)
 
     def body(self, *, openmetrics: bool, gzipped: bool) -> bytes:
         key = (openmetrics, gzipped)
@@ -125,6 +130,9 @@ class Collector:
         self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hc-render")
         self._render_pending: asyncio.TimerHandle | None = None
         self._renders: set[asyncio.Future[None]] = set()
+        # Set by the HTTP side once a scraper asked for OpenMetrics: from then on every render
+        # makes it too, off the loop, instead of the first scrape of each snapshot on the loop.
+        self.openmetrics_wanted = False
 
     def _on_result(self, name: str, result: Any) -> None:
         # A failed poll keeps the source's last result: its VMs are served with their growing
@@ -139,7 +147,10 @@ class Collector:
         self._render_pending = None
         inputs = self._inputs()  # read on the loop, where sources and pollers change them
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._renderer, lambda: Exposition(self._assemble(inputs)))
+        openmetrics = self.openmetrics_wanted
+        future = loop.run_in_executor(
+            self._renderer, lambda: Exposition(self._assemble(inputs), openmetrics=openmetrics)
+        )
         render = asyncio.ensure_future(self._publish(future))
         self._renders.add(render)
         render.add_done_callback(self._renders.discard)
@@ -154,7 +165,7 @@ class Collector:
         if self._render_pending is not None:
             self._render_pending.cancel()
             self._render_pending = None
-        self.exposition = Exposition(self.build_snapshot())
+        self.exposition = Exposition(self.build_snapshot(), openmetrics=self.openmetrics_wanted)
 
     def build_snapshot(self) -> Snapshot:
         return self._assemble(self._inputs())

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from hostcollector.app import build_app, wants_gzip, wants_openmetrics
+from hostcollector.app import COLLECTOR, build_app, wants_gzip, wants_openmetrics
 from hostcollector.collector import Collector
 from hostcollector.config import Config
 from hostcollector.errors import SourceError
@@ -153,3 +153,26 @@ def test_negotiation_helpers() -> None:
     assert not wants_openmetrics("text/plain;version=0.0.4")
     assert wants_gzip("gzip, deflate") and wants_gzip("br;q=1.0, gzip;q=0.8")
     assert not wants_gzip("") and not wants_gzip("gzipx")
+
+
+def test_openmetrics_is_rendered_up_front_once_a_scraper_asked_for_it() -> None:
+    source = RecordedLibvirt()
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        collector = client.server.app[COLLECTOR]
+        assert collector.exposition.ready == {(False, False), (False, True)}
+        await client.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+        assert collector.openmetrics_wanted
+        await collector.pollers["libvirt"].poll_once()
+        for _ in range(200):  # the next render, coalesced and off the loop
+            if (True, True) in collector.exposition.ready:
+                break
+            await asyncio.sleep(0.01)
+        assert collector.exposition.ready == {
+            (False, False),
+            (False, True),
+            (True, False),
+            (True, True),
+        }
+
+    with_client(source, check)
