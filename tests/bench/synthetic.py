@@ -50,7 +50,7 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
     import libvirt
     from aiohttp import web
 
-    from hostcollector.app import build_app
+    from hostcollector.app import build_app, tune_gc
     from hostcollector.collector import Collector
     from hostcollector.config import (
         AttributionConfig,
@@ -142,6 +142,7 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
 
     async def run() -> dict[str, Any]:
         collector = Collector(config)
+        tune_gc()  # as `hostcollector run` does
         collector.sources["sriov"]._links = links  # type: ignore[attr-defined]
         await collector.poll_all_once()  # warm: connections, metadata parsed once per VM
         stages: dict[str, float] = {}
