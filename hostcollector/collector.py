@@ -42,6 +42,9 @@ from hostcollector.tenant_map import TenantMapFile
 
 BUILD_LABELS = (("version", __version__), ("python_version", platform.python_version()))
 RENDER_COALESCE_SECONDS = 0.25
+# A render waits for polls still running (the libvirt one takes ~1 s at 200 domains while NVML's
+# takes milliseconds), so sources ticking together cost one render, but never longer than this.
+RENDER_MAX_WAIT_SECONDS = 5.0
 
 
 class Exposition:
@@ -129,6 +132,7 @@ class Collector:
         self._tasks: list[asyncio.Task[None]] = []
         self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hc-render")
         self._render_pending: asyncio.TimerHandle | None = None
+        self._render_wait_since = 0.0
         self._renders: set[asyncio.Future[None]] = set()
         # Set by the HTTP side once a scraper asked for OpenMetrics: from then on every render
         # makes it too, off the loop, instead of the first scrape of each snapshot on the loop.
@@ -141,12 +145,17 @@ class Collector:
             self.latest[name] = result
         if self._render_pending is None:
             loop = asyncio.get_running_loop()
+            self._render_wait_since = loop.time()
             self._render_pending = loop.call_later(RENDER_COALESCE_SECONDS, self._start_render)
 
     def _start_render(self) -> None:
+        loop = asyncio.get_running_loop()
+        waited = loop.time() - self._render_wait_since
+        if waited < RENDER_MAX_WAIT_SECONDS and any(p.in_flight for p in self.pollers.values()):
+            self._render_pending = loop.call_later(RENDER_COALESCE_SECONDS, self._start_render)
+            return
         self._render_pending = None
         inputs = self._inputs()  # read on the loop, where sources and pollers change them
-        loop = asyncio.get_running_loop()
         openmetrics = self.openmetrics_wanted
         future = loop.run_in_executor(
             self._renderer, lambda: Exposition(self._assemble(inputs), openmetrics=openmetrics)

@@ -41,6 +41,7 @@ class Poller(Generic[T]):
         self._last_success: float | None = None
         self._last_error: str | None = None
         self._last_reason: str | None = None
+        self.in_flight = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -63,6 +64,7 @@ class Poller(Generic[T]):
     async def poll_once(self) -> T | None:
         started = time.monotonic()
         result: T | None = None
+        self.in_flight = True
         try:
             result = await self._poll()
         except SourceError as exc:
@@ -79,6 +81,7 @@ class Poller(Generic[T]):
             self._last_success = time.time()
         self._polls += 1
         self._last_duration = time.monotonic() - started
+        self.in_flight = False
         self._on_result(self.name, result)
         return result
 

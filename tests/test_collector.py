@@ -101,3 +101,38 @@ def test_sources_finishing_together_cost_one_render_off_the_loop(
         await collector.stop()
 
     asyncio.run(go())
+
+
+def test_a_render_waits_for_a_poll_still_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hostcollector.collector as collector_module
+
+    renders: list[float] = []
+    real_render = collector_module.render
+
+    def counting_render(snapshot, **kwargs):  # type: ignore[no-untyped-def]
+        renders.append(time.monotonic())
+        return real_render(snapshot, **kwargs)
+
+    monkeypatch.setattr(collector_module, "render", counting_render)
+    quick, slow = FlakyLibvirt(), FlakyLibvirt()
+    slow_poll = slow.poll
+
+    async def slower() -> LibvirtSample:
+        await asyncio.sleep(0.8)  # like libvirt at a few hundred domains, next to NVML's ms
+        return await slow_poll()
+
+    slow.poll = slower  # type: ignore[method-assign]
+
+    async def go() -> None:
+        collector = Collector(Config(), sources={"quick": quick, "libvirt": slow})
+        renders.clear()
+        await asyncio.gather(*(p.poll_once() for p in collector.pollers.values()))
+        await asyncio.sleep(collector_module.RENDER_COALESCE_SECONDS + 0.3)
+        assert len(renders) == 1  # not one for the quick source and one for the slow one
+        assert {s.name: s.polls_total for s in collector.exposition.snapshot.sources} == {
+            "quick": 1,
+            "libvirt": 1,
+        }
+        await collector.stop()
+
+    asyncio.run(go())
