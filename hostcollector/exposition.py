@@ -219,8 +219,8 @@ def _render_gpus(w: _Writer, snapshot: Snapshot) -> None:
         driver_version = snapshot.nvml_driver_version if gpu.nvml_visible else ""
         extra = (
             ("name", gpu.name or ""),
-            ("driver", gpu.driver or ""),
-            ("power_state", gpu.power_state or ""),
+            ("driver", (gpu.pcie.driver if gpu.pcie else None) or ""),
+            ("power_state", (gpu.pcie.power_state if gpu.pcie else None) or ""),
             ("driver_version", driver_version or ""),
         )
         w.sample(GPU_INFO.name, f"{labels},{_labels(extra)}", 1)

@@ -486,6 +486,16 @@ def _vgpu(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None
     return Family(PREFIX + name, kind, help, VGPU_LABELS, value)
 
 
+def _pcie(field: str, scale: float = 1) -> Callable[[Any], Number | None]:
+    """Reads one PcieHealth field of a GpuStats (absent without a sysfs view)."""
+
+    def value(gpu: Any) -> Number | None:
+        found = getattr(gpu.pcie, field) if gpu.pcie is not None else None
+        return found if found is None or scale == 1 else found * scale
+
+    return value
+
+
 def _flag_value(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
@@ -611,43 +621,43 @@ GPU_FAMILIES = (
         "gpu_pcie_aer_correctable_errors_total",
         "counter",
         "PCIe AER correctable errors (sysfs aer_dev_correctable TOTAL_ERR_COR).",
-        lambda g: g.aer_correctable,
+        _pcie("aer_correctable"),
     ),
     _gpu(
         "gpu_pcie_aer_nonfatal_errors_total",
         "counter",
         "PCIe AER non-fatal errors (sysfs aer_dev_nonfatal TOTAL_ERR_NONFATAL).",
-        lambda g: g.aer_nonfatal,
+        _pcie("aer_nonfatal"),
     ),
     _gpu(
         "gpu_pcie_aer_fatal_errors_total",
         "counter",
         "PCIe AER fatal errors (sysfs aer_dev_fatal TOTAL_ERR_FATAL).",
-        lambda g: g.aer_fatal,
+        _pcie("aer_fatal"),
     ),
     _gpu(
         "gpu_pcie_link_speed_transfers_per_second",
         "gauge",
         "Current PCIe link speed (sysfs current_link_speed, GT/s -> T/s); below the maximum: a degraded link.",
-        lambda g: None if g.link_speed_current_gts is None else g.link_speed_current_gts * 1e9,
+        _pcie("link_speed_current_gts", 1e9),
     ),
     _gpu(
         "gpu_pcie_link_max_speed_transfers_per_second",
         "gauge",
         "Maximum PCIe link speed (sysfs max_link_speed, GT/s -> T/s).",
-        lambda g: None if g.link_speed_max_gts is None else g.link_speed_max_gts * 1e9,
+        _pcie("link_speed_max_gts", 1e9),
     ),
     _gpu(
         "gpu_pcie_link_width_lanes",
         "gauge",
         "Current PCIe link width (sysfs current_link_width).",
-        lambda g: g.link_width_current,
+        _pcie("link_width_current"),
     ),
     _gpu(
         "gpu_pcie_link_max_width_lanes",
         "gauge",
         "Maximum PCIe link width (sysfs max_link_width).",
-        lambda g: g.link_width_max,
+        _pcie("link_width_max"),
     ),
     _gpu(
         "gpu_vgpu_scheduler_policy",

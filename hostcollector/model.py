@@ -223,6 +223,23 @@ class VgpuStats:
 
 
 @dataclass(frozen=True, slots=True)
+class PcieHealth:
+    """A PCI function as sysfs sees it, whoever drives it."""
+
+    pci_address: str
+    driver: str | None  # nvidia, vfio-pci, ...
+    physfn: str | None  # set for an SR-IOV VF: its PF's address
+    aer_correctable: int | None = None
+    aer_nonfatal: int | None = None
+    aer_fatal: int | None = None
+    link_speed_current_gts: float | None = None
+    link_speed_max_gts: float | None = None
+    link_width_current: int | None = None
+    link_width_max: int | None = None
+    power_state: str | None = None  # D0, D3hot, ...
+
+
+@dataclass(frozen=True, slots=True)
 class GpuStats:
     """One GPU function. `nvml_visible` False: bound to vfio-pci (passed through whole) or
     otherwise not the host driver's; only its PCIe side (sysfs) is known, never utilization."""
@@ -232,7 +249,6 @@ class GpuStats:
     uuid: str = ""
     name: str | None = None
     lost: bool = False  # NVML_ERROR_GPU_IS_LOST: fell off the bus
-    driver: str | None = None  # sysfs driver binding: nvidia, vfio-pci, ...
     memory_total_bytes: int | None = None
     memory_used_bytes: int | None = None
     power_watts: float | None = None
@@ -262,15 +278,7 @@ class GpuStats:
     vgpus: tuple[VgpuStats, ...] = ()
     vgpu_scheduler_policy: int | None = None  # 1 best effort, 2 equal share, 3 fixed share
     vgpu_scheduler_arr_mode: int | None = None  # adaptive round robin: 1 off, 2 on
-    # PCIe health from sysfs, for every GPU function (the only view of a passed-through one)
-    aer_correctable: int | None = None
-    aer_nonfatal: int | None = None
-    aer_fatal: int | None = None
-    link_speed_current_gts: float | None = None
-    link_speed_max_gts: float | None = None
-    link_width_current: int | None = None
-    link_width_max: int | None = None
-    power_state: str | None = None  # D0, D3hot, ...
+    pcie: PcieHealth | None = None  # from sysfs: the only view of a GPU passed through whole
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,7 +69,8 @@ def test_passthrough_gpu_reaches_its_vm_and_tenant(gpu_vms: str, tmp_path: Path)
     snapshot = collect(config).build_snapshot()
     assert snapshot.nvml_available is False
     owners = {
-        a.gpu.pci_address: (a.vm_uuid, a.tenant_id, a.gpu.aer_correctable) for a in snapshot.gpus
+        a.gpu.pci_address: (a.vm_uuid, a.tenant_id, a.gpu.pcie and a.gpu.pcie.aer_correctable)
+        for a in snapshot.gpus
     }
     assert owners[ASSIGNED] == (PASSTHROUGH_VM[1], ACME, 3)
     assert owners["0000:c1:00.0"][:2] == ("", "")

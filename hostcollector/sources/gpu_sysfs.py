@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
+from hostcollector.model import PcieHealth
 from hostcollector.sources.sysfs import link_name, read_text
 
 NVIDIA_VENDOR = "0x10de"
@@ -22,21 +22,6 @@ _AER_TOTALS = {
     "aer_dev_fatal": "TOTAL_ERR_FATAL",
 }
 _SPEED = re.compile(r"^([0-9.]+) GT/s")
-
-
-@dataclass(frozen=True, slots=True)
-class PciGpu:
-    pci_address: str
-    driver: str | None
-    physfn: str | None  # set for an SR-IOV VF: its PF's address
-    aer_correctable: int | None = None
-    aer_nonfatal: int | None = None
-    aer_fatal: int | None = None
-    link_speed_current_gts: float | None = None
-    link_speed_max_gts: float | None = None
-    link_width_current: int | None = None
-    link_width_max: int | None = None
-    power_state: str | None = None
 
 
 def _aer_total(path: Path, total: str) -> int | None:
@@ -56,9 +41,9 @@ def _int(text: str | None) -> int | None:
     return int(text) if text is not None and text.isdigit() else None
 
 
-def read_pci_gpu(device: Path) -> PciGpu:
+def read_pci_gpu(device: Path) -> PcieHealth:
     aer = {name: _aer_total(device / name, total) for name, total in _AER_TOTALS.items()}
-    return PciGpu(
+    return PcieHealth(
         pci_address=device.name,
         driver=link_name(device / "driver"),
         physfn=link_name(device / "physfn"),
@@ -73,7 +58,7 @@ def read_pci_gpu(device: Path) -> PciGpu:
     )
 
 
-def scan_nvidia_gpus(root: str | Path = "/") -> dict[str, PciGpu]:
+def scan_nvidia_gpus(root: str | Path = "/") -> dict[str, PcieHealth]:
     """Every NVIDIA display-class PCI function by address; what vanishes meanwhile is skipped."""
     devices = Path(root, "sys/bus/pci/devices")
     try:

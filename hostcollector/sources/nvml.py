@@ -32,8 +32,8 @@ from typing import Any
 
 from hostcollector.config import NvmlConfig
 from hostcollector.errors import SourceError
-from hostcollector.model import GpuStats, NvmlSample, VgpuStats
-from hostcollector.sources.gpu_sysfs import PciGpu, scan_nvidia_gpus
+from hostcollector.model import GpuStats, NvmlSample, PcieHealth, VgpuStats
+from hostcollector.sources.gpu_sysfs import scan_nvidia_gpus
 from hostcollector.sources.worker import BlockingLane
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class NvmlSource:
         gpus = self._merge(nvml_gpus, pci)
         raw = None
         if self._record_raw:
-            raw = {"nvml_available": available, "gpus": [_as_dict(g) for g in gpus]}
+            raw = {"nvml_available": available, "gpus": [asdict(g) for g in gpus]}
         return NvmlSample(available, self._state.driver_version if available else None, gpus, raw)
 
     def _nvml(self) -> Any:
@@ -494,35 +494,20 @@ class NvmlSource:
         self._state.vgpu_last.update(means)
         return means
 
-    def _merge(self, nvml_gpus: list[GpuStats], pci: dict[str, PciGpu]) -> tuple[GpuStats, ...]:
+    def _merge(self, nvml_gpus: list[GpuStats], pci: dict[str, PcieHealth]) -> tuple[GpuStats, ...]:
         """NVML's GPUs with their PCIe side added, then every GPU function NVML cannot see."""
         merged = []
         nvml_addresses = {g.pci_address for g in nvml_gpus if g.pci_address}
         for gpu in nvml_gpus:
             side = pci.get(gpu.pci_address)
-            merged.append(_with_pcie(gpu, side) if side else gpu)
+            merged.append(replace(gpu, pcie=side) if side else gpu)
         for address, side in pci.items():
             if address in nvml_addresses:
                 continue
             if side.physfn in nvml_addresses:
                 continue  # a vGPU VF of a host-owned GPU: reported as its vGPU instance
-            merged.append(_with_pcie(GpuStats(pci_address=address, nvml_visible=False), side))
+            merged.append(GpuStats(pci_address=address, nvml_visible=False, pcie=side))
         return tuple(merged)
-
-
-def _with_pcie(gpu: GpuStats, side: PciGpu) -> GpuStats:
-    return replace(
-        gpu,
-        driver=side.driver,
-        aer_correctable=side.aer_correctable,
-        aer_nonfatal=side.aer_nonfatal,
-        aer_fatal=side.aer_fatal,
-        link_speed_current_gts=side.link_speed_current_gts,
-        link_speed_max_gts=side.link_speed_max_gts,
-        link_width_current=side.link_width_current,
-        link_width_max=side.link_width_max,
-        power_state=side.power_state,
-    )
 
 
 def _text(value: Any) -> str | None:
@@ -536,7 +521,3 @@ def _optional(nv: Any, fn: Any, *args: Any) -> Any:
         return fn(*args)
     except nv.NVMLError:
         return None
-
-
-def _as_dict(gpu: GpuStats) -> dict[str, object]:
-    return asdict(gpu)
