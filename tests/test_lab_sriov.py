@@ -80,10 +80,11 @@ def veth_pair() -> Iterator[str]:
 PROBE = """
 import json, sys
 from pathlib import Path
-from hostcollector.sources.sriov import NetlinkLinks, parse_link_message
+from hostcollector.sources.rtnetlink import parse_link
+from hostcollector.sources.sriov import NetlinkLinks
 index = int(Path('/sys/class/net/hcva/ifindex').read_text())
 links = NetlinkLinks()
-link = parse_link_message(links.fetch(index))
+link = parse_link(links.fetch(index))
 links.close()
 sysfs = {n: int(Path('/sys/class/net/hcva/statistics', n).read_text())
          for n in ('rx_bytes', 'tx_bytes', 'rx_packets', 'tx_packets', 'rx_dropped', 'tx_dropped')}

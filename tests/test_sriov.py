@@ -20,7 +20,8 @@ from hostcollector.config import SriovConfig
 from hostcollector.exposition import render
 from hostcollector.model import PfStats, SriovSample
 from hostcollector.sources.domain_xml import hostdev_pci_addresses
-from hostcollector.sources.sriov import SriovSource, build_pf_sample, parse_link_message
+from hostcollector.sources.rtnetlink import parse_link
+from hostcollector.sources.sriov import SriovSource, build_pf_sample
 from hostcollector.sources.sriov_sysfs import discover_pfs, read_vf_sysfs_stats
 from tests.snapshots import snapshot_from_raw
 from tests.sriov_fixtures import FIXTURE, SCENARIO, link_message, make_sysfs, recording, vf_counters
@@ -96,7 +97,7 @@ def test_sysfs_discovery(sysfs: Path) -> None:
 
 def test_vf_counters_and_config_from_netlink(sysfs: Path) -> None:
     pf = discover_pfs(sysfs)[0]
-    stats, vfs = build_pf_sample(pf, parse_link_message(link_message(SCENARIO[0])), lambda *_: None)
+    stats, vfs = build_pf_sample(pf, parse_link(link_message(SCENARIO[0])), lambda *_: None)
     assert stats == PfStats(
         "enp59s0f0", "0000:3b:00.0", 4, 4, False, 6_000_000, 4000, 3_600_000, 3600
     )
@@ -118,14 +119,14 @@ def test_vf_counters_and_config_from_netlink(sysfs: Path) -> None:
 
 def test_kernel_without_drop_counters_has_no_drop_series(sysfs: Path) -> None:
     pf = discover_pfs(sysfs)[1]
-    _, vfs = build_pf_sample(pf, parse_link_message(link_message(SCENARIO[1])), lambda *_: None)
+    _, vfs = build_pf_sample(pf, parse_link(link_message(SCENARIO[1])), lambda *_: None)
     assert all(vf.receive_drop is None and vf.transmit_drop is None for vf in vfs)
     assert all(vf.receive_bytes is not None for vf in vfs)
 
 
 def test_truncated_vf_list_is_detected_and_filled_from_sysfs_never_zeros(sysfs: Path) -> None:
     pf = discover_pfs(sysfs)[2]
-    link = parse_link_message(link_message(SCENARIO[2]))
+    link = parse_link(link_message(SCENARIO[2]))
     assert (link.num_vf, len(link.vfs)) == (256, 220)
     stats, vfs = build_pf_sample(pf, link, lambda name, vf: read_vf_sysfs_stats(sysfs, name, vf))
     assert stats.truncated and (stats.numvfs, stats.vfs_reported) == (256, 220)
@@ -283,7 +284,7 @@ def pyroute2_decode(data: bytes) -> dict[str, object]:
 @pytest.mark.parametrize("pf", SCENARIO, ids=lambda pf: pf.name)
 def test_struct_decoder_agrees_with_pyroute2(pf) -> None:  # type: ignore[no-untyped-def]
     data = link_message(pf)
-    ours = parse_link_message(data)
+    ours = parse_link(data)
     oracle = pyroute2_decode(data)
     assert (ours.name, ours.num_vf, ours.link_stats["rx_bytes"]) == (
         oracle["name"],
@@ -308,5 +309,5 @@ def test_struct_decoder_agrees_with_pyroute2(pf) -> None:  # type: ignore[no-unt
 def test_truncated_or_garbled_messages_end_the_list_not_the_poll() -> None:
     data = link_message(SCENARIO[0])
     for cut in (40, len(data) // 2, len(data) - 3):
-        link = parse_link_message(data[:cut])  # never raises; keeps what was complete
+        link = parse_link(data[:cut])  # never raises; keeps what was complete
         assert len(link.vfs) <= 4

@@ -6,9 +6,8 @@ for RTM_GETLINK with RTEXT_FILTER_VF, one PF at a time (a VF dump holds the kern
 lock ~1-2 ms per VF), on the source's own interval.
 
 The only module that imports `pyroute2`, lazily, to ask the kernel. Live data and recorded
-fixtures take the same path: the RTM_NEWLINK message's bytes -> `parse_link_message`
-(rtnetlink.py, struct-based: pyroute2's generic decoder cost ~0.3 ms per VF) ->
-`build_pf_sample`.
+fixtures take the same path: the RTM_NEWLINK message's bytes -> `rtnetlink.parse_link`
+(struct-based: pyroute2's generic decoder cost ~0.3 ms per VF) -> `build_pf_sample`.
 
 The kernel cuts the VF list when the nested attribute would pass 64 KiB (~220 VFs on common
 drivers: netlink attribute lengths are 16 bits). Such a PF is reported truncated; its missing VFs
@@ -39,11 +38,6 @@ from hostcollector.sources.worker import BlockingLane
 log = logging.getLogger(__name__)
 
 RTEXT_FILTER_VF = 1
-
-
-def parse_link_message(data: bytes) -> LinkInfo:
-    """Decode one RTM_NEWLINK message in the kernel's binary layout (see rtnetlink.py)."""
-    return parse_link(data)
 
 
 def build_pf_sample(
@@ -166,7 +160,7 @@ class SriovSource:
             if data is None:
                 continue
             pf_stats, pf_vfs = build_pf_sample(
-                pf, parse_link_message(data), lambda name, vf: read_vf_sysfs_stats(root, name, vf)
+                pf, parse_link(data), lambda name, vf: read_vf_sysfs_stats(root, name, vf)
             )
             if pf_stats.truncated:
                 log.debug(
