@@ -98,7 +98,7 @@ def _run_events(libvirt: Any) -> None:
 
 
 @dataclass
-class _CachedMetadata:
+class _CachedDefinition:
     """What a domain's definition says, re-read only on events or after metadata_refresh."""
 
     xml_by_namespace: dict[str, str | None]
@@ -172,7 +172,7 @@ class LibvirtSource:
         self._backoff = 0.0
         self._timeouts: Counter[str] = Counter()
         self._busy_domains = 0
-        self._metadata: dict[str, _CachedMetadata] = {}
+        self._metadata: dict[str, _CachedDefinition] = {}
         self._stale: set[str] = set()  # UUIDs whose metadata an event said changed
         self._stale_lock = threading.Lock()
 
@@ -485,7 +485,7 @@ class LibvirtSource:
 
     def _cached_metadata(
         self, libvirt: Any, dom: Any, uuid: str, now: float
-    ) -> _CachedMetadata | None:
+    ) -> _CachedDefinition | None:
         with self._stale_lock:
             stale = uuid in self._stale
             self._stale.discard(uuid)
@@ -514,7 +514,7 @@ class LibvirtSource:
             log.debug("definition of %s unavailable: %s", uuid, _describe(exc))
             return cached
         claim = parse_tenant(xml_by_namespace, self._rules)
-        entry = _CachedMetadata(xml_by_namespace, claim, devices, now)
+        entry = _CachedDefinition(xml_by_namespace, claim, devices, now)
         self._metadata[uuid] = entry
         return entry
 
