@@ -1,19 +1,27 @@
-"""The HTTP side: /metrics serves the latest pre-rendered snapshot and never calls a source."""
+"""The HTTP side: /metrics serves the latest pre-rendered snapshot and never calls a source;
+/api/v1 answers JSON from the same snapshot. With a tokens file, every path but the health
+checks needs a bearer token, and a tenant-scoped token sees only its tenant (auth.py)."""
 
 from __future__ import annotations
 
 import gc
 import html
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from hostcollector import __version__
+from hostcollector import __version__, api
+from hostcollector.auth import ALL, TokenFile, bearer_token
 from hostcollector.collector import Collector
 from hostcollector.config import Config
 from hostcollector.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 
 COLLECTOR = web.AppKey("collector", Collector)
+TOKENS = web.AppKey("tokens", TokenFile)
+# Liveness needs no token: it tells nothing about VMs or tenants.
+OPEN_PATHS = frozenset({"/healthz", "/-/healthy"})
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="hostcollector"'}
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -32,8 +40,9 @@ async def metrics(request: web.Request) -> web.Response:
     openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
     collector.openmetrics_wanted |= openmetrics
     gzipped = wants_gzip(request.headers.get("Accept-Encoding", ""))
+    tenant = request[api.SCOPE].tenant
     response = web.Response(
-        body=exposition.body(openmetrics=openmetrics, gzipped=gzipped),
+        body=exposition.body(openmetrics=openmetrics, gzipped=gzipped, tenant=tenant),
         headers={"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE},
     )
     if gzipped:
@@ -47,7 +56,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def landing(request: web.Request) -> web.Response:
-    snapshot = request.app[COLLECTOR].exposition.snapshot
+    if request[api.SCOPE].tenant is not None:
+        return web.Response(status=403, text="403: a tenant-scoped token; try /api/v1/vms\n")
+    snapshot = request[api.SNAPSHOT_KEY]
     rows = "".join(
         f"<tr><td>{html.escape(s.name)}</td><td>{'up' if s.up else 'down'}</td>"
         f"<td>{html.escape(s.last_error or '')}</td></tr>"
@@ -57,11 +68,44 @@ async def landing(request: web.Request) -> web.Response:
         "<!doctype html><html><head><title>hostcollector</title></head><body>"
         f"<h1>hostcollector {html.escape(__version__)}</h1>"
         f"<p>{len(snapshot.vms)} VMs. <a href='/metrics'>Metrics</a> · "
-        "<a href='/healthz'>Health</a></p>"
+        "<a href='/api/v1'>JSON API</a> · <a href='/healthz'>Health</a></p>"
         f"<table><tr><th>source</th><th>state</th><th>last error</th></tr>{rows}</table>"
         "</body></html>"
     )
     return web.Response(text=body, content_type="text/html")
+
+
+def _deny(request: web.Request, reason: str, message: str) -> web.Response:
+    denied: Counter[str] = request.app[COLLECTOR].http_denied
+    denied[reason] += 1
+    if request.path.startswith("/api"):
+        return api.json_error(401, message, CHALLENGE)
+    return web.Response(status=401, text=f"401: {message}\n", headers=CHALLENGE)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: api.Handler) -> web.StreamResponse:
+    """Puts the caller's scope and the snapshot it reads on the request. The token itself is
+    never logged or echoed; only its name is, in errors to its own holder."""
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    tokens = request.app.get(TOKENS)
+    if tokens is None:
+        request[api.SCOPE] = ALL
+    else:
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
+            return _deny(request, "missing", "an 'Authorization: Bearer <token>' header is needed")
+        scope = tokens.lookup(token)
+        if scope is None:
+            return _deny(request, "invalid", "the token is not valid")
+        request[api.SCOPE] = scope
+    # One snapshot per request, even if a newer one is published while it is answered.
+    request[api.SNAPSHOT_KEY] = request.app[COLLECTOR].exposition.snapshot
+    response = await handler(request)
+    if response.status == 403:
+        request.app[COLLECTOR].http_denied["scope"] += 1
+    return response
 
 
 def tune_gc() -> None:
@@ -79,8 +123,11 @@ def tune_gc() -> None:
 
 
 def build_app(config: Config, collector: Collector | None = None) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[api.json_errors, authenticate])
     app[COLLECTOR] = collector or Collector(config)
+    if config.auth.tokens_file is not None:
+        app[TOKENS] = TokenFile(config.auth.tokens_file)
+        app[TOKENS].current()  # load now: a bad file at start is logged at start
 
     async def polling(app: web.Application) -> AsyncIterator[None]:
         app[COLLECTOR].start()
@@ -92,4 +139,5 @@ def build_app(config: Config, collector: Collector | None = None) -> web.Applica
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/-/healthy", healthz)
+    api.add_routes(app)
     return app

@@ -16,6 +16,7 @@ import concurrent.futures
 import gzip
 import platform
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -50,27 +51,28 @@ RENDER_MAX_WAIT_SECONDS = 5.0
 class Exposition:
     """One snapshot's bytes, each format with its gzip, rendered up front: the text format
     always, OpenMetrics too once a scraper has asked for it (Prometheus prefers it by default).
-    A format nobody asked for before is rendered on its first request."""
+    A format nobody asked for before, or one tenant's view, is rendered on its first request."""
 
     def __init__(self, snapshot: Snapshot, *, openmetrics: bool = False) -> None:
         self.snapshot = snapshot
-        self._bodies: dict[tuple[bool, bool], bytes] = {}
+        self._bodies: dict[tuple[bool, bool, str | None], bytes] = {}
         for flavour in (False, True) if openmetrics else (False,):
-            plain = self._bodies[(flavour, False)] = render(snapshot, openmetrics=flavour)
-            self._bodies[(flavour, True)] = gzip.compress(plain, compresslevel=1)
+            plain = self._bodies[(flavour, False, None)] = render(snapshot, openmetrics=flavour)
+            self._bodies[(flavour, True, None)] = gzip.compress(plain, compresslevel=1)
 
     @property
     def ready(self) -> frozenset[tuple[bool, bool]]:
-        """(openmetrics, gzipped) bodies already rendered."""
-        return frozenset(self._bodies)
+        """(openmetrics, gzipped) bodies of the host's view already rendered."""
+        return frozenset((om, gz) for om, gz, tenant in self._bodies if tenant is None)
 
-    def body(self, *, openmetrics: bool, gzipped: bool) -> bytes:
-        key = (openmetrics, gzipped)
+    def body(self, *, openmetrics: bool, gzipped: bool, tenant: str | None = None) -> bytes:
+        """The exposition; with `tenant`, only that tenant's series (exposition.render)."""
+        key = (openmetrics, gzipped, tenant)
         if key not in self._bodies:
-            plain = self._bodies.get((openmetrics, False))
+            plain = self._bodies.get((openmetrics, False, tenant))
             if plain is None:
-                plain = self._bodies[(openmetrics, False)] = render(
-                    self.snapshot, openmetrics=openmetrics
+                plain = self._bodies[(openmetrics, False, tenant)] = render(
+                    self.snapshot, openmetrics=openmetrics, tenant=tenant
                 )
             if gzipped:
                 self._bodies[key] = gzip.compress(plain, compresslevel=1)
@@ -85,6 +87,7 @@ class _Inputs:
     tenant_claims: Mapping[str, TenantClaim]
     tenant_status: TenantMapStatus
     libvirt_health: LibvirtHealth | None
+    http_denied: tuple[tuple[str, int], ...]
 
 
 @runtime_checkable
@@ -128,6 +131,8 @@ class Collector:
             for name, source in self.sources.items()
         }
         self.latest: dict[str, Any] = {}
+        # Requests the HTTP side refused, by reason (missing, invalid, scope).
+        self.http_denied: Counter[str] = Counter()
         self.exposition = Exposition(self.build_snapshot())
         self._tasks: list[asyncio.Task[None]] = []
         self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hc-render")
@@ -188,6 +193,7 @@ class Collector:
             tenant_claims=self.tenant_map.current(),
             tenant_status=self.tenant_map.status(),
             libvirt_health=source.health() if isinstance(source, HasHealth) else None,
+            http_denied=tuple(sorted(self.http_denied.items())),
         )
 
     def _assemble(self, inputs: _Inputs) -> Snapshot:
@@ -228,6 +234,7 @@ class Collector:
             ),
             nvml_available=nvml.nvml_available if nvml else None,
             nvml_driver_version=nvml.driver_version if nvml else None,
+            http_denied=inputs.http_denied,
         )
 
     async def poll_all_once(self) -> None:

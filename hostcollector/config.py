@@ -57,12 +57,42 @@ def _schedule_problems(interval_seconds: float, timeout_seconds: float) -> list[
 
 
 @dataclass(frozen=True)
+class ServerTlsConfig:
+    """HTTPS for the HTTP server; the files are re-read when they change (certificate rotation
+    needs no restart)."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    # Set: every client must present a certificate signed by this CA (mutual TLS).
+    client_ca_file: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    def problems(self) -> list[str]:
+        if (self.cert_file is None) != (self.key_file is None):
+            return ["cert_file and key_file: set both or neither"]
+        if self.client_ca_file is not None and self.cert_file is None:
+            return ["client_ca_file: needs cert_file and key_file"]
+        return []
+
+
+@dataclass(frozen=True)
 class ListenConfig:
     address: str = "127.0.0.1"
     port: int = 9730
+    tls: ServerTlsConfig = field(default_factory=ServerTlsConfig)
 
     def problems(self) -> list[str]:
         return [] if 0 <= self.port <= 65535 else ["port: must be between 0 and 65535"]
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # YAML of bearer tokens by SHA-256 with their scope (README, "Access control"), re-read when
+    # it changes. null: no tokens, everything served to whoever reaches the port.
+    tokens_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +234,99 @@ class AttributionConfig:
         return found
 
 
+# Tenant ids a store accepts in a header or URL (Grafana Mimir's rule, the strictest common one).
+TENANT_ID = re.compile(r"^[A-Za-z0-9!._*'()-]{1,150}$")
+TENANT_PLACEHOLDER = "{tenant}"
+# Headers the sender sets itself.
+RESERVED_HEADERS = frozenset(
+    {"content-type", "content-encoding", "content-length", "x-prometheus-remote-write-version"}
+)
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+@dataclass(frozen=True)
+class ClientTlsConfig:
+    # CA bundle to verify the endpoint with; null: the system's.
+    ca_file: str | None = None
+    # A client certificate, for endpoints that ask for one.
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def problems(self) -> list[str]:
+        if (self.cert_file is None) != (self.key_file is None):
+            return ["cert_file and key_file: set both or neither"]
+        return []
+
+
+@dataclass(frozen=True)
+class RemoteWriteEndpointConfig:
+    name: str
+    url: str
+    # false: every series (the SRE view). true: one request per tenant with only that tenant's
+    # series, the tenant put where the store expects it by {tenant} in the url or a header.
+    split_by_tenant: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    # File holding a bearer token for the endpoint (read at each request: rotation is a write).
+    bearer_token_file: str | None = None
+    tls: ClientTlsConfig = field(default_factory=ClientTlsConfig)
+    timeout_seconds: float = 30.0
+    # The on-disk queue's bound; past it the oldest batches are dropped (and counted).
+    max_queue_bytes: int = 256 * 1024 * 1024
+    # Requests in flight at once, each for a different tenant (one with split_by_tenant off).
+    concurrency: int = 4
+
+    def problems(self) -> list[str]:
+        found = []
+        if not LABEL_NAME.match(self.name):
+            found.append("name: letters, digits and _ only (it is a label value and a directory)")
+        if not self.url.startswith(("http://", "https://")):
+            found.append("url: must start with http:// or https://")
+        templated = [self.url, *self.headers.values()]
+        named = any(TENANT_PLACEHOLDER in text for text in templated)
+        if self.split_by_tenant and not named:
+            found.append(
+                "split_by_tenant: put {tenant} in the url or a header (e.g. X-Scope-OrgID), "
+                "or every tenant's series would land in one tenant space"
+            )
+        if not self.split_by_tenant and named:
+            found.append("{tenant} is only meaningful with split_by_tenant: true")
+        for text in templated:
+            if "{" in text.replace(TENANT_PLACEHOLDER, "") or "}" in text.replace(
+                TENANT_PLACEHOLDER, ""
+            ):
+                found.append(f"{text!r}: the only placeholder is {TENANT_PLACEHOLDER}")
+        for name, value in self.headers.items():
+            if not HEADER_NAME.match(name) or name.lower() in RESERVED_HEADERS:
+                found.append(f"headers.{name}: not a header name hostcollector can set")
+            if any(c in value for c in "\r\n\0"):
+                found.append(f"headers.{name}: control characters in the value")
+        if self.timeout_seconds <= 0:
+            found.append("timeout_seconds: must be > 0")
+        if self.max_queue_bytes < 1024 * 1024:
+            found.append("max_queue_bytes: must be at least 1 MiB")
+        if not 1 <= self.concurrency <= 64:
+            found.append("concurrency: must be between 1 and 64")
+        return found
+
+
+@dataclass(frozen=True)
+class RemoteWriteConfig:
+    # Every this often the current snapshot is written, as a scrape would read it.
+    interval_seconds: float = 15.0
+    # Batches wait here (one subdirectory per endpoint) until the endpoint took them.
+    queue_dir: str = "/var/lib/hostcollector/remote-write"
+    endpoints: tuple[RemoteWriteEndpointConfig, ...] = ()
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.interval_seconds < 1:
+            found.append("interval_seconds: must be at least 1")
+        names = [endpoint.name for endpoint in self.endpoints]
+        if len(set(names)) != len(names):
+            found.append("endpoints: names must be unique")
+        return found
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -214,6 +337,8 @@ class Config:
     listen: ListenConfig = field(default_factory=ListenConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    remote_write: RemoteWriteConfig = field(default_factory=RemoteWriteConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

@@ -107,11 +107,47 @@ class _Writer:
         self.series += len(lines)
 
 
-def render(snapshot: Snapshot, *, openmetrics: bool = False) -> bytes:
+class _SeriesWriter(_Writer):
+    """Collects (family name, label text, value) instead of text: remote write's input."""
+
+    def __init__(self) -> None:
+        super().__init__(openmetrics=False)
+        self.items: list[tuple[str, str, Number]] = []
+
+    def header(self, family: Family) -> None:
+        pass
+
+    def sample(self, name: str, labels: str, value: Number) -> None:
+        self.items.append((name, labels, value))
+
+    def family(self, family: Family, samples: Iterator[tuple[str, Number | None]]) -> None:
+        name = family.name
+        self.items += [(name, labels, value) for labels, value in samples if value is not None]
+
+
+def render(snapshot: Snapshot, *, openmetrics: bool = False, tenant: str | None = None) -> bytes:
+    """The exposition; with `tenant`, only that tenant's series (its VMs, their VFs, GPUs
+    passed through to them and their vGPUs) and nothing about the host or other tenants."""
     w = _Writer(openmetrics)
+    _emit(w, snapshot, tenant)
+    if openmetrics:
+        w.lines.append("# EOF")
+    w.lines.append("")
+    return "\n".join(w.lines).encode("utf-8", "replace")
+
+
+def series(snapshot: Snapshot) -> list[tuple[str, str, Number]]:
+    """Every series of the exposition as (name, label text, value), in exposition order."""
+    w = _SeriesWriter()
+    _emit(w, snapshot, None)
+    return w.items
+
+
+def _emit(w: _Writer, snapshot: Snapshot, tenant: str | None) -> None:
     vms = [
         (vm, _labels((("vm_uuid", vm.stats.uuid), ("tenant_id", vm.tenant_id))))
         for vm in snapshot.vms
+        if tenant is None or vm.tenant_id == tenant
     ]
 
     for family in VM_FAMILIES:
@@ -149,20 +185,17 @@ def render(snapshot: Snapshot, *, openmetrics: bool = False) -> bytes:
     for family in INTERFACE_FAMILIES:
         w.family(family, ((labels, family.value(n)) for labels, n in per_nic))
 
-    _render_sriov(w, snapshot)
-    _render_gpus(w, snapshot)
-    _render_self(w, snapshot)
-    if openmetrics:
-        w.lines.append("# EOF")
-    w.lines.append("")
-    return "\n".join(w.lines).encode("utf-8", "replace")
+    _render_sriov(w, snapshot, tenant)
+    _render_gpus(w, snapshot, tenant)
+    if tenant is None:
+        _render_self(w, snapshot)
 
 
 def _flag(value: bool | None) -> str:
     return "" if value is None else str(value).lower()
 
 
-def _render_sriov(w: _Writer, snapshot: Snapshot) -> None:
+def _render_sriov(w: _Writer, snapshot: Snapshot, tenant: str | None) -> None:
     per_vf = [
         (
             _labels(
@@ -177,6 +210,7 @@ def _render_sriov(w: _Writer, snapshot: Snapshot) -> None:
             a.vf,
         )
         for a in snapshot.vfs
+        if tenant is None or a.tenant_id == tenant
     ]
     for family in VF_FAMILIES:
         w.family(family, ((labels, family.value(vf)) for labels, vf in per_vf))
@@ -192,12 +226,14 @@ def _render_sriov(w: _Writer, snapshot: Snapshot) -> None:
             ("stats_source", vf.stats_source),
         )
         w.sample(VF_INFO.name, f"{labels},{_labels(config)}", 1)
+    if tenant is not None:
+        return  # PFs are the host's
     per_pf = [(_labels((("pf", p.name), ("pci_address", p.pci_address))), p) for p in snapshot.pfs]
     for family in PF_FAMILIES:
         w.family(family, ((labels, family.value(pf)) for labels, pf in per_pf))
 
 
-def _render_gpus(w: _Writer, snapshot: Snapshot) -> None:
+def _render_gpus(w: _Writer, snapshot: Snapshot, tenant: str | None) -> None:
     per_gpu = [
         (
             _labels(
@@ -211,6 +247,8 @@ def _render_gpus(w: _Writer, snapshot: Snapshot) -> None:
             a.gpu,
         )
         for a in snapshot.gpus
+        # A GPU shared by vGPUs belongs to no tenant: its own series would show the others' use.
+        if tenant is None or a.tenant_id == tenant
     ]
     for family in GPU_FAMILIES:
         w.family(family, ((labels, family.value(gpu)) for labels, gpu in per_gpu))
@@ -260,13 +298,14 @@ def _render_gpus(w: _Writer, snapshot: Snapshot) -> None:
                     ("gpu_uuid", a.gpu.uuid),
                     ("vgpu_uuid", v.uuid or str(v.instance_id)),
                     ("vm_uuid", vm),
-                    ("tenant_id", tenant),
+                    ("tenant_id", vgpu_tenant),
                 )
             ),
             v,
         )
         for a in snapshot.gpus
-        for v, (vm, tenant) in zip(a.gpu.vgpus, a.vgpu_vms, strict=True)
+        for v, (vm, vgpu_tenant) in zip(a.gpu.vgpus, a.vgpu_vms, strict=True)
+        if tenant is None or vgpu_tenant == tenant
     ]
     for family in VGPU_FAMILIES:
         w.family(family, ((labels, family.value(v)) for labels, v in per_vgpu))
@@ -337,8 +376,38 @@ def _render_self(w: _Writer, snapshot: Snapshot) -> None:
             "tenant_map_last_reload_success_timestamp_seconds",
             tm.last_reload_success_timestamp_seconds,
         )
+    w.family(
+        families["http_requests_denied_total"],
+        ((f'reason="{r}"', n) for r, n in snapshot.http_denied),
+    )
+    _render_remote_write(w, snapshot, families)
     one("snapshot_timestamp_seconds", snapshot.taken_at)
     one("exposition_series", w.series + 1)
+
+
+def _render_remote_write(w: _Writer, snapshot: Snapshot, families: dict[str, Family]) -> None:
+    per_endpoint = [(f'endpoint="{e.endpoint}"', e) for e in snapshot.remote_write]
+    for name, attribute in (
+        ("queue_batches", "queue_batches"),
+        ("queue_samples", "queue_samples"),
+        ("queue_bytes", "queue_bytes"),
+        ("queue_oldest_sample_timestamp_seconds", "oldest_sample_timestamp_seconds"),
+        ("samples_sent_total", "samples_sent_total"),
+        ("samples_failed_total", "samples_failed_total"),
+        ("last_success_timestamp_seconds", "last_success_timestamp_seconds"),
+    ):
+        w.family(
+            families[f"remote_write_{name}"],
+            ((lab, getattr(e, attribute)) for lab, e in per_endpoint),
+        )
+    w.family(
+        families["remote_write_samples_dropped_total"],
+        (
+            (f'{lab},reason="{reason}"', n)
+            for lab, e in per_endpoint
+            for reason, n in e.samples_dropped_by_reason
+        ),
+    )
 
 
 def metrics_table() -> str:

@@ -924,6 +924,60 @@ SELF_FAMILIES = (
         "When the tenant map was last loaded (Unix time).",
     ),
     _self_family(
+        "http_requests_denied_total",
+        "counter",
+        "HTTP requests refused: missing or invalid bearer token (401), or outside the token's scope (403).",
+        ("reason",),
+    ),
+    _self_family(
+        "remote_write_queue_batches",
+        "gauge",
+        "Batches (one request each) waiting in the endpoint's on-disk queue.",
+        ("endpoint",),
+    ),
+    _self_family(
+        "remote_write_queue_samples",
+        "gauge",
+        "Samples waiting in the endpoint's on-disk queue.",
+        ("endpoint",),
+    ),
+    _self_family(
+        "remote_write_queue_bytes",
+        "gauge",
+        "Bytes of the endpoint's on-disk queue (bounded by max_queue_bytes).",
+        ("endpoint",),
+    ),
+    _self_family(
+        "remote_write_queue_oldest_sample_timestamp_seconds",
+        "gauge",
+        "Timestamp of the oldest queued sample (Unix time); absent when the queue is empty. Its age is how far behind the endpoint is.",
+        ("endpoint",),
+    ),
+    _self_family(
+        "remote_write_samples_sent_total",
+        "counter",
+        "Samples the endpoint accepted (2xx).",
+        ("endpoint",),
+    ),
+    _self_family(
+        "remote_write_samples_failed_total",
+        "counter",
+        "Samples in requests that failed (connection error, 5xx, 429) and stay queued for a retry.",
+        ("endpoint",),
+    ),
+    _self_family(
+        "remote_write_samples_dropped_total",
+        "counter",
+        "Samples never delivered, by reason: queue_full (oldest dropped past max_queue_bytes), rejected (a 4xx other than 429), invalid_tenant, corrupt (an unreadable queue file).",
+        ("endpoint", "reason"),
+    ),
+    _self_family(
+        "remote_write_last_success_timestamp_seconds",
+        "gauge",
+        "When the endpoint last accepted a request (Unix time).",
+        ("endpoint",),
+    ),
+    _self_family(
         "snapshot_timestamp_seconds", "gauge", "When the snapshot served was built (Unix time)."
     ),
     _self_family("exposition_series", "gauge", "Series in this exposition, this one included."),

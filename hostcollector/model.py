@@ -321,6 +321,22 @@ class TenantMapStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteWriteStatus:
+    """One remote-write endpoint's queue and delivery counters."""
+
+    endpoint: str
+    queue_batches: int
+    queue_samples: int
+    queue_bytes: int
+    oldest_sample_timestamp_seconds: float | None  # None: the queue is empty
+    samples_sent_total: int
+    samples_failed_total: int  # in requests that failed and will be retried
+    samples_dropped_by_reason: tuple[tuple[str, int], ...]  # never delivered
+    last_success_timestamp_seconds: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything one exposition shows; built after each poll, read by every renderer."""
 
@@ -335,3 +351,6 @@ class Snapshot:
     gpus: tuple[AttributedGpu, ...] = ()
     nvml_available: bool | None = None  # None: the nvml source is off or has not polled yet
     nvml_driver_version: str | None = None
+    remote_write: tuple[RemoteWriteStatus, ...] = ()
+    # Requests refused by the HTTP server: (reason, count), reason missing|invalid|scope.
+    http_denied: tuple[tuple[str, int], ...] = ()

@@ -7,17 +7,11 @@ in force: a half-written file from the control plane must never strip tenants fr
 
 from __future__ import annotations
 
-import logging
-import os
-import time
-from collections.abc import Mapping
-
 import orjson
 
 from hostcollector.model import TenantClaim, TenantMapStatus
+from hostcollector.reloading import ReloadingFiles, read_bytes
 from hostcollector.tenancy import MAX_LABEL_VALUE_CHARS
-
-log = logging.getLogger(__name__)
 
 
 def parse_tenant_map(data: bytes) -> dict[str, TenantClaim]:
@@ -60,61 +54,25 @@ def parse_tenant_map(data: bytes) -> dict[str, TenantClaim]:
     return claims
 
 
-class TenantMapFile:
+class TenantMapFile(ReloadingFiles[dict[str, TenantClaim]]):
     """Holds the last good map; `current()` re-reads the file only when its stat changed."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
-        self._claims: dict[str, TenantClaim] = {}
-        self._seen: tuple[int, int, int] | None = None
-        self._loaded = False
-        self._reloads = 0
-        self._errors = 0
-        self._last_success: float | None = None
-        self._last_error: str | None = None
-
-    def current(self) -> Mapping[str, TenantClaim]:
-        if self.path is None:
-            return self._claims
-        try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            self._fail(f"cannot stat {self.path}: {exc.strerror}")
-            return self._claims
-        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if seen == self._seen:
-            return self._claims
-        self._seen = seen
-        try:
-            with open(self.path, "rb") as handle:
-                claims = parse_tenant_map(handle.read())
-        except (OSError, ValueError) as exc:
-            self._fail(f"tenant map {self.path} rejected, keeping the last good one: {exc}")
-            return self._claims
-        self._claims = claims
-        self._loaded = True
-        self._reloads += 1
-        self._last_success = time.time()
-        if self._last_error is not None:
-            log.info("tenant map %s loaded again: %d entries", self.path, len(claims))
-        self._last_error = None
-        return self._claims
-
-    def _fail(self, message: str) -> None:
-        # One log line and one error per distinct bad version of the file, not one per poll.
-        if self._last_error == message:
-            return
-        self._errors += 1
-        self._last_error = message
-        log.warning("%s", message)
+        super().__init__(
+            f"tenant map {path}",
+            (path,) if path else (),
+            lambda: parse_tenant_map(read_bytes(path or "")),
+            {},
+        )
 
     def status(self) -> TenantMapStatus:
         return TenantMapStatus(
             configured=self.path is not None,
-            entries=len(self._claims),
-            loaded=self._loaded,
-            reloads_total=self._reloads,
-            errors_total=self._errors,
-            last_reload_success_timestamp_seconds=self._last_success,
-            last_error=self._last_error,
+            entries=len(self._value),
+            loaded=self.loaded,
+            reloads_total=self.reloads_total,
+            errors_total=self.errors_total,
+            last_reload_success_timestamp_seconds=self.last_success,
+            last_error=self.last_error,
         )

@@ -1,0 +1,188 @@
+"""The JSON API (/api/v1) for SREs and tools such as `hostcollector top`.
+
+Every answer is JSON, errors included ({"error": {"status": 404, "message": "..."}}), with a 4xx
+for anything the caller got wrong. A source being down is data (GET /api/v1/sources), never a
+5xx. Which VMs, GPUs and VFs a caller sees is decided by the scope of its token (auth.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from hostcollector import views
+from hostcollector.auth import Scope
+from hostcollector.model import Snapshot
+
+PREFIX = "/api/v1"
+# Set by the auth middleware on every request it lets through.
+SCOPE = web.RequestKey("scope", Scope)
+SNAPSHOT_KEY = web.RequestKey("snapshot", Snapshot)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(document: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    response = json_response({"error": {"status": status, "message": message}}, status)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _scope(request: web.Request) -> Scope:
+    return request[SCOPE]
+
+
+def _snapshot(request: web.Request) -> Snapshot:
+    return request[SNAPSHOT_KEY]
+
+
+def _params(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters, each at most once, all of them known."""
+    found: dict[str, str] = {}
+    for key, value in request.query.items():
+        if key not in allowed:
+            known = ", ".join(allowed) if allowed else "none"
+            raise ApiError(400, f"unknown query parameter {key!r}; known: {known}")
+        if key in found:
+            raise ApiError(400, f"query parameter {key!r} given twice")
+        found[key] = value
+    return found
+
+
+def _tenant(request: web.Request, params: dict[str, str]) -> str | None:
+    """The tenant the answer is limited to: the token's, or the `tenant` filter (which a
+    tenant-scoped token may only set to its own tenant). "" selects unattributed ones."""
+    scope = _scope(request)
+    wanted = params.get("tenant")
+    if scope.tenant is None:
+        return wanted
+    if wanted is not None and wanted != scope.tenant:
+        raise ApiError(403, f"token {scope.name!r} may only see tenant {scope.tenant!r}")
+    return scope.tenant
+
+
+def _host_only(request: web.Request) -> None:
+    scope = _scope(request)
+    if scope.tenant is not None:
+        raise ApiError(403, f"token {scope.name!r} is scoped to one tenant; this is the host's view")
+
+
+def _envelope(snapshot: Snapshot, **document: Any) -> dict[str, Any]:
+    return {"snapshot_timestamp": snapshot.taken_at, **document}
+
+
+async def list_vms(request: web.Request) -> web.Response:
+    params = _params(request, ("tenant", "state"))
+    state = params.get("state")
+    if state is not None and state not in views.VM_STATES.values():
+        raise ApiError(400, f"unknown state {state!r}; known: {', '.join(views.VM_STATES.values())}")
+    snapshot = _snapshot(request)
+    return json_response(
+        _envelope(snapshot, vms=views.vms(snapshot, _tenant(request, params), state))
+    )
+
+
+async def one_vm(request: web.Request) -> web.Response:
+    params = _params(request, ())
+    del params
+    uuid = request.match_info["uuid"].lower()
+    snapshot = _snapshot(request)
+    detail = views.vm_detail(snapshot, uuid, _scope(request).tenant)
+    if detail is None:
+        # The same answer for "no such VM" and "not yours": existence is not disclosed.
+        raise ApiError(404, f"no VM {uuid} on this host")
+    return json_response(_envelope(snapshot, vm=detail))
+
+
+async def list_gpus(request: web.Request) -> web.Response:
+    params = _params(request, ("tenant",))
+    snapshot = _snapshot(request)
+    return json_response(_envelope(snapshot, gpus=views.gpus(snapshot, _tenant(request, params))))
+
+
+async def list_vfs(request: web.Request) -> web.Response:
+    params = _params(request, ("tenant",))
+    snapshot = _snapshot(request)
+    return json_response(_envelope(snapshot, vfs=views.vfs(snapshot, _tenant(request, params))))
+
+
+async def list_tenants(request: web.Request) -> web.Response:
+    _params(request, ())
+    snapshot = _snapshot(request)
+    return json_response(
+        _envelope(snapshot, tenants=views.tenants(snapshot, _scope(request).tenant))
+    )
+
+
+async def one_tenant(request: web.Request) -> web.Response:
+    _params(request, ())
+    tenant_id = request.match_info["tenant"]
+    _tenant(request, {"tenant": tenant_id})
+    snapshot = _snapshot(request)
+    detail = views.tenant_detail(snapshot, tenant_id)
+    if detail is None:
+        raise ApiError(404, f"no VM, GPU or VF of tenant {tenant_id!r} on this host")
+    return json_response(_envelope(snapshot, tenant=detail))
+
+
+async def list_sources(request: web.Request) -> web.Response:
+    _params(request, ())
+    _host_only(request)
+    snapshot = _snapshot(request)
+    return json_response(_envelope(snapshot, **views.sources(snapshot)))
+
+
+async def index(request: web.Request) -> web.Response:
+    _params(request, ())
+    return json_response({"endpoints": [f"{PREFIX}/{path}" for path in ENDPOINTS]})
+
+
+ENDPOINTS = {
+    "vms": list_vms,
+    "vms/{uuid}": one_vm,
+    "gpus": list_gpus,
+    "vfs": list_vfs,
+    "tenants": list_tenants,
+    "tenants/{tenant}": one_tenant,
+    "sources": list_sources,
+}
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(PREFIX, index)
+    for path, handler in ENDPOINTS.items():
+        app.router.add_get(f"{PREFIX}/{path}", handler)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Under /api, every error is JSON: ours, aiohttp's 404/405, and anything unexpected."""
+    if not request.path.startswith("/api"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_error(exc.status, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+        return json_error(exc.status, exc.reason, headers)

@@ -1,0 +1,112 @@
+"""Bearer tokens and what each may see.
+
+The tokens file holds SHA-256 digests, never tokens, so reading it (or a backup of it) gives
+no access:
+
+    tokens:
+      - name: prometheus          # for logs and errors; never the secret
+        sha256: 9f86d08...        # printf %s "$TOKEN" | sha256sum
+        scope: all                # every tenant and the host itself
+      - name: acme-portal
+        sha256: 60303ae...
+        scope: tenant
+        tenant: 6f1c3b2a...       # only this tenant's VMs, GPUs and VFs
+
+It is re-read when it changes; a bad file is rejected whole and the last good one stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from hostcollector.reloading import ReloadingFiles, read_bytes
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    name: str  # the token's name, safe to log
+    tenant: str | None  # None: everything (the host and every tenant)
+
+    def sees(self, tenant_id: str) -> bool:
+        return self.tenant is None or tenant_id == self.tenant
+
+
+ALL = Scope("(no authentication)", None)
+
+
+def parse_tokens(data: bytes) -> dict[str, Scope]:
+    """sha256 hex -> scope; raise ValueError naming every bad entry."""
+    try:
+        document = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("tokens"), list):
+        raise ValueError("expected a mapping with a list under 'tokens'")
+    if set(document) != {"tokens"}:
+        raise ValueError(f"unknown top-level keys {sorted(set(document) - {'tokens'})}")
+    scopes: dict[str, Scope] = {}
+    names: set[str] = set()
+    problems = []
+    for i, entry in enumerate(document["tokens"]):
+        where = f"tokens[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected a mapping")
+            continue
+        name, digest, scope = entry.get("name"), entry.get("sha256"), entry.get("scope")
+        unknown = set(entry) - {"name", "sha256", "scope", "tenant"}
+        if unknown:
+            problems.append(f"{where}: unknown keys {sorted(unknown)}")
+        if not isinstance(name, str) or not name:
+            problems.append(f"{where}.name: required")
+        elif name in names:
+            problems.append(f"{where}.name: {name!r} is used twice")
+        names.add(str(name))
+        if not isinstance(digest, str) or not SHA256_HEX.match(digest.lower()):
+            problems.append(f"{where}.sha256: expected 64 hex digits (printf %s TOKEN | sha256sum)")
+            continue
+        digest = digest.lower()
+        if digest in scopes:
+            problems.append(f"{where}.sha256: the same token is listed twice")
+        tenant = entry.get("tenant")
+        if scope == "all" and tenant is None:
+            scopes[digest] = Scope(str(name), None)
+        elif scope == "tenant" and isinstance(tenant, str) and tenant:
+            scopes[digest] = Scope(str(name), tenant)
+        else:
+            problems.append(f"{where}: scope must be 'all', or 'tenant' with a non-empty tenant")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return scopes
+
+
+class TokenFile(ReloadingFiles[dict[str, Scope]]):
+    def __init__(self, path: str) -> None:
+        # Checked at most once a second: a request costs no stat() under load.
+        super().__init__(
+            f"tokens file {path}",
+            (path,),
+            lambda: parse_tokens(read_bytes(path)),
+            {},
+            min_check_seconds=1.0,
+        )
+
+    def lookup(self, token: str) -> Scope | None:
+        # A dict lookup by digest: comparing digests leaks nothing useful about the token.
+        return self.current().get(hashlib.sha256(token.encode()).hexdigest())
+
+
+BEARER = re.compile(r"^Bearer ([!-~]+)$")
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None if absent or malformed."""
+    if not header:
+        return None
+    match = BEARER.match(header.strip())
+    return match[1] if match else None

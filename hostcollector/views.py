@@ -1,0 +1,184 @@
+"""Snapshot -> the JSON API's documents, limited to what one scope may see.
+
+Pure functions over a Snapshot: the HTTP side (api.py) checks the request and picks the view;
+orjson serialises the model's dataclasses directly, so field names are the model's (base units
+in the name: `cpu_time_seconds`, `receive_bytes`).
+
+A tenant-scoped view shows that tenant's VMs, the VFs and whole GPUs assigned to them and their
+vGPUs, and never a host-wide figure: a GPU shared by several tenants' vGPUs is listed with the
+caller's vGPUs only, without the physical GPU's own utilization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from hostcollector.model import AttributedGpu, AttributedVF, AttributedVM, Snapshot
+
+# virDomainState
+VM_STATES = {
+    0: "nostate",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shutoff",
+    6: "crashed",
+    7: "pmsuspended",
+}
+
+Document = dict[str, Any]
+
+
+def vm_state(vm: AttributedVM) -> str | None:
+    state = vm.stats.state
+    return None if state is None else VM_STATES.get(state, str(state))
+
+
+def vm_view(vm: AttributedVM) -> Document:
+    s = vm.stats
+    return {
+        "uuid": s.uuid,
+        "name": s.name,
+        "tenant_id": vm.tenant_id or None,
+        "tenant_source": vm.tenant_source or None,
+        "labels": dict(vm.info_labels),
+        "state": vm_state(vm),
+        "sampled_at": vm.sampled_at,
+        "sample_age_seconds": vm.sample_age_seconds,
+        "quarantined": vm.quarantined,
+        "job_active": vm.job_active,
+        "cpu_time_seconds": s.cpu_time_seconds,
+        "cpu_user_seconds": s.cpu_user_seconds,
+        "cpu_system_seconds": s.cpu_system_seconds,
+        "vcpu_current": s.vcpu_current,
+        "vcpu_maximum": s.vcpu_maximum,
+        "memory": s.memory,
+        "vcpus": s.vcpus,
+        "blocks": s.blocks,
+        "interfaces": s.interfaces,
+    }
+
+
+def vf_view(a: AttributedVF) -> Document:
+    return {"vm_uuid": a.vm_uuid or None, "tenant_id": a.tenant_id or None, "vf": a.vf}
+
+
+def gpu_view(a: AttributedGpu, tenant: str | None) -> Document | None:
+    """The GPU as `tenant` may see it (None: everything); None if it shows nothing of theirs."""
+    vgpus = [
+        {"vm_uuid": vm or None, "tenant_id": owner or None, "vgpu": v}
+        for v, (vm, owner) in zip(a.gpu.vgpus, a.vgpu_vms, strict=True)
+        if tenant is None or owner == tenant
+    ]
+    whole = tenant is None or a.tenant_id == tenant
+    if not whole and not vgpus:
+        return None
+    return {
+        "uuid": a.gpu.uuid or None,
+        "pci_address": a.gpu.pci_address,
+        "vm_uuid": a.vm_uuid or None,
+        "tenant_id": a.tenant_id or None,
+        # The physical GPU's own figures: only for the host's view or the GPU's sole tenant.
+        "gpu": dataclasses.replace(a.gpu, vgpus=()) if whole else None,
+        "vgpus": vgpus,
+    }
+
+
+def vms(snapshot: Snapshot, tenant: str | None, state: str | None = None) -> list[Document]:
+    return [
+        vm_view(vm)
+        for vm in snapshot.vms
+        if (tenant is None or vm.tenant_id == tenant) and (state is None or vm_state(vm) == state)
+    ]
+
+
+def vfs(snapshot: Snapshot, tenant: str | None) -> list[Document]:
+    return [vf_view(a) for a in snapshot.vfs if tenant is None or a.tenant_id == tenant]
+
+
+def gpus(snapshot: Snapshot, tenant: str | None) -> list[Document]:
+    return [view for a in snapshot.gpus if (view := gpu_view(a, tenant)) is not None]
+
+
+def vm_detail(snapshot: Snapshot, uuid: str, tenant: str | None) -> Document | None:
+    """One VM with its VFs and GPUs; None if it does not exist or is not the caller's."""
+    for vm in snapshot.vms:
+        if vm.stats.uuid == uuid and (tenant is None or vm.tenant_id == tenant):
+            owner = vm.tenant_id if tenant is None else tenant
+            return vm_view(vm) | {
+                "vfs": [vf_view(a) for a in snapshot.vfs if a.vm_uuid == uuid],
+                "gpus": [
+                    view
+                    for a in snapshot.gpus
+                    if a.vm_uuid == uuid or uuid in (vm for vm, _ in a.vgpu_vms)
+                    if (view := gpu_view(a, owner)) is not None
+                ],
+            }
+    return None
+
+
+def tenant_ids(snapshot: Snapshot) -> set[str]:
+    found = {vm.tenant_id for vm in snapshot.vms}
+    found |= {a.tenant_id for a in snapshot.vfs}
+    found |= {a.tenant_id for a in snapshot.gpus}
+    found |= {owner for a in snapshot.gpus for _, owner in a.vgpu_vms}
+    found.discard("")
+    return found
+
+
+def tenants(snapshot: Snapshot, tenant: str | None) -> list[Document]:
+    rows = []
+    for tenant_id in sorted(tenant_ids(snapshot)):
+        if tenant is not None and tenant_id != tenant:
+            continue
+        rows.append(
+            {
+                "tenant_id": tenant_id,
+                "vms": sum(1 for vm in snapshot.vms if vm.tenant_id == tenant_id),
+                "vfs": sum(1 for a in snapshot.vfs if a.tenant_id == tenant_id),
+                "gpus": sum(1 for a in snapshot.gpus if a.tenant_id == tenant_id),
+                "vgpus": sum(1 for a in snapshot.gpus for _, t in a.vgpu_vms if t == tenant_id),
+            }
+        )
+    return rows
+
+
+def tenant_detail(snapshot: Snapshot, tenant_id: str) -> Document | None:
+    if tenant_id not in tenant_ids(snapshot):
+        return None
+    return {
+        "tenant_id": tenant_id,
+        "vms": vms(snapshot, tenant_id),
+        "gpus": gpus(snapshot, tenant_id),
+        "vfs": vfs(snapshot, tenant_id),
+    }
+
+
+def sources(snapshot: Snapshot, now: float | None = None) -> Document:
+    """Health and freshness of every source: the host's view only."""
+    now = time.time() if now is None else now
+    return {
+        "sources": [
+            {
+                "name": s.name,
+                "up": s.up,
+                "polls_total": s.polls_total,
+                "errors_total": s.errors_total,
+                "errors_by_reason": dict(s.errors_by_reason),
+                "last_error": s.last_error,
+                "last_duration_seconds": s.last_duration_seconds,
+                "last_success_timestamp_seconds": s.last_success_timestamp_seconds,
+                "last_success_age_seconds": None
+                if s.last_success_timestamp_seconds is None
+                else max(0.0, now - s.last_success_timestamp_seconds),
+            }
+            for s in snapshot.sources
+        ],
+        "libvirt": snapshot.libvirt,
+        "tenant_map": snapshot.tenant_map,
+        "nvml_available": snapshot.nvml_available,
+        "remote_write": snapshot.remote_write,
+    }
