@@ -82,7 +82,9 @@ def _tenant(request: web.Request, params: dict[str, str]) -> str | None:
 def _host_only(request: web.Request) -> None:
     scope = _scope(request)
     if scope.tenant is not None:
-        raise ApiError(403, f"token {scope.name!r} is scoped to one tenant; this is the host's view")
+        raise ApiError(
+            403, f"token {scope.name!r} is scoped to one tenant; this is the host's view"
+        )
 
 
 def _envelope(snapshot: Snapshot, **document: Any) -> dict[str, Any]:
@@ -93,7 +95,9 @@ async def list_vms(request: web.Request) -> web.Response:
     params = _params(request, ("tenant", "state"))
     state = params.get("state")
     if state is not None and state not in views.VM_STATES.values():
-        raise ApiError(400, f"unknown state {state!r}; known: {', '.join(views.VM_STATES.values())}")
+        raise ApiError(
+            400, f"unknown state {state!r}; known: {', '.join(views.VM_STATES.values())}"
+        )
     snapshot = _snapshot(request)
     return json_response(
         _envelope(snapshot, vms=views.vms(snapshot, _tenant(request, params), state))

@@ -53,7 +53,9 @@ def encode_sample(value: float, timestamp_ms: int) -> bytes:
     return _field(2, b"\x09" + _DOUBLE.pack(value) + b"\x10" + varint(timestamp_ms))
 
 
-def encode_timeseries(labels: Iterable[tuple[str, str]], samples: Iterable[tuple[int, float]]) -> bytes:
+def encode_timeseries(
+    labels: Iterable[tuple[str, str]], samples: Iterable[tuple[int, float]]
+) -> bytes:
     """One TimeSeries; `labels` must include __name__ and are sorted here, as the spec asks."""
     body = b"".join(encode_label(n, v) for n, v in sorted(labels))
     body += b"".join(encode_sample(v, ts) for ts, v in samples)
@@ -79,7 +81,12 @@ def decompress(body: bytes) -> bytes:
 def parse_labels(text: str) -> LabelPairs:
     """`a="x",b="y\\"z"` as the exposition writes it -> (("a", "x"), ("b", 'y"z'))."""
     return tuple(
-        (name, _UNESCAPE.sub(lambda m: "\n" if m[1] == "n" else m[1], value) if "\\" in value else value)
+        (
+            name,
+            _UNESCAPE.sub(lambda m: "\n" if m[1] == "n" else m[1], value)
+            if "\\" in value
+            else value,
+        )
         for name, value in _LABEL_PAIR.findall(text)
     )
 
