@@ -91,19 +91,31 @@ def _run(config: Config) -> int:
     from hostcollector.collector import Collector
 
     _setup_logging(config)
+    ssl_context = None
+    if config.listen.tls.enabled:
+        from hostcollector.tls import ReloadingServerTls
+
+        try:
+            ssl_context = ReloadingServerTls(config.listen.tls).context
+        except ConfigError as exc:
+            print(exc.render(), file=sys.stderr)
+            return 2
     collector = Collector(config)
     tune_gc()
     logging.getLogger("hostcollector").info(
-        "hostcollector %s listening on http://%s:%d/metrics, sources: %s",
+        "hostcollector %s listening on %s://%s:%d/metrics, sources: %s, tokens: %s",
         __version__,
+        "https" if ssl_context else "http",
         config.listen.address,
         config.listen.port,
         ", ".join(collector.sources) or "none",
+        "required" if config.auth.tokens_file else "off",
     )
     web.run_app(
         build_app(config, collector),
         host=config.listen.address,
         port=config.listen.port,
+        ssl_context=ssl_context,
         print=None,
         access_log=None,
     )

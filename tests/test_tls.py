@@ -1,0 +1,111 @@
+"""HTTPS, client certificates and certificate rotation, over real TLS handshakes."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hostcollector import tls
+from hostcollector.app import build_app
+from hostcollector.collector import Collector
+from hostcollector.config import Config, ListenConfig, ServerTlsConfig
+from hostcollector.errors import ConfigError
+from tests.served import get, serve
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d: Path) -> None:
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
+
+
+def make_cert(d: Path, name: str, cn: str, *, server: bool) -> None:
+    ext = d / f"{name}.ext"
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+        if server
+        else "extendedKeyUsage=clientAuth\n"
+    )
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)  # fmt: skip
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", ext.name,
+            cwd=d)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    make_ca(d)
+    make_cert(d, "server", "hostcollector-one", server=True)
+    make_cert(d, "server2", "hostcollector-two", server=True)
+    make_cert(d, "client", "prometheus", server=False)
+    return d
+
+
+def client_context(pki: Path, with_cert: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    if with_cert:
+        context.load_cert_chain(pki / "client.pem", pki / "client.key")
+    return context
+
+
+def served_cn(port: int, context: ssl.SSLContext) -> str:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        subject = dict(item[0] for item in conn.getpeercert()["subject"])  # type: ignore[index]
+        return str(subject["commonName"])
+
+
+@pytest.fixture
+def live(pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    monkeypatch.setattr(tls, "RELOAD_CHECK_SECONDS", 0.0)
+    for name in ("server.pem", "server.key"):
+        (tmp_path / name).write_bytes((pki / name).read_bytes())
+    settings = ServerTlsConfig(
+        str(tmp_path / "server.pem"), str(tmp_path / "server.key"), str(pki / "ca.pem")
+    )
+    config = Config(listen=ListenConfig(tls=settings))
+    context = tls.ReloadingServerTls(settings).context
+    with serve(build_app(config, Collector(config, sources={})), ssl_context=context) as url:
+        yield url, tmp_path
+
+
+def test_https_with_client_certificates(live: tuple[str, Path], pki: Path) -> None:
+    url, _ = live
+    assert url.startswith("https://")
+    assert get(f"{url}/metrics", context=client_context(pki, with_cert=True)).status == 200
+    with pytest.raises(OSError):  # no client certificate: the handshake is refused
+        get(f"{url}/metrics", context=client_context(pki, with_cert=False))
+    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):  # the server is verified too
+        get(f"{url}/metrics", context=ssl.create_default_context())
+
+
+def test_certificates_are_reloaded_when_the_files_change(live: tuple[str, Path], pki: Path) -> None:
+    url, directory = live
+    port = int(url.rsplit(":", 1)[1])
+    context = client_context(pki, with_cert=True)
+    assert served_cn(port, context) == "hostcollector-one"
+    # A key that does not match the certificate is rejected; the last good pair stays.
+    (directory / "server.pem").write_bytes((pki / "server2.pem").read_bytes())
+    assert served_cn(port, context) == "hostcollector-one"
+    (directory / "server.key").write_bytes((pki / "server2.key").read_bytes())
+    assert served_cn(port, context) == "hostcollector-two"
+    assert get(f"{url}/metrics", context=context).status == 200
+
+
+def test_unusable_files_at_start_are_a_config_error(pki: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"listen\.tls: TLS certificate files rejected"):
+        tls.ReloadingServerTls(ServerTlsConfig(str(pki / "server.pem"), str(pki / "client.key")))
+    with pytest.raises(ConfigError, match="cannot stat"):
+        tls.ReloadingServerTls(ServerTlsConfig(str(tmp_path / "nope.pem"), str(tmp_path / "k")))
