@@ -30,6 +30,7 @@ from hostcollector.model import (
     LibvirtHealth,
     LibvirtSample,
     NvmlSample,
+    RemoteWriteStatus,
     Snapshot,
     SourceStatus,
     SriovSample,
@@ -37,6 +38,7 @@ from hostcollector.model import (
     TenantMapStatus,
 )
 from hostcollector.poller import Poller
+from hostcollector.remote_write.writer import RemoteWriter
 from hostcollector.sources import Source, build_sources
 from hostcollector.tenancy import compile_rules
 from hostcollector.tenant_map import TenantMapFile
@@ -88,6 +90,7 @@ class _Inputs:
     tenant_status: TenantMapStatus
     libvirt_health: LibvirtHealth | None
     http_denied: tuple[tuple[str, int], ...]
+    remote_write: tuple[RemoteWriteStatus, ...]
 
 
 @runtime_checkable
@@ -133,6 +136,11 @@ class Collector:
         self.latest: dict[str, Any] = {}
         # Requests the HTTP side refused, by reason (missing, invalid, scope).
         self.http_denied: Counter[str] = Counter()
+        self.remote_writer = (
+            RemoteWriter(config.remote_write, lambda: self.exposition.snapshot)
+            if config.remote_write.endpoints
+            else None
+        )
         self.exposition = Exposition(self.build_snapshot())
         self._tasks: list[asyncio.Task[None]] = []
         self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hc-render")
@@ -194,6 +202,7 @@ class Collector:
             tenant_status=self.tenant_map.status(),
             libvirt_health=source.health() if isinstance(source, HasHealth) else None,
             http_denied=tuple(sorted(self.http_denied.items())),
+            remote_write=self.remote_writer.status() if self.remote_writer else (),
         )
 
     def _assemble(self, inputs: _Inputs) -> Snapshot:
@@ -235,6 +244,7 @@ class Collector:
             nvml_available=nvml.nvml_available if nvml else None,
             nvml_driver_version=nvml.driver_version if nvml else None,
             http_denied=inputs.http_denied,
+            remote_write=inputs.remote_write,
         )
 
     async def poll_all_once(self) -> None:
@@ -246,6 +256,8 @@ class Collector:
             asyncio.create_task(poller.run(), name=f"poll-{name}")
             for name, poller in self.pollers.items()
         ]
+        if self.remote_writer is not None:
+            self.remote_writer.start()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -254,6 +266,8 @@ class Collector:
             self._render_pending.cancel()
             self._render_pending = None
         await asyncio.gather(*self._tasks, *self._renders, return_exceptions=True)
+        if self.remote_writer is not None:
+            await self.remote_writer.close()
         self._renderer.shutdown(wait=False)
         for source in self.sources.values():
             await source.close()

@@ -91,43 +91,49 @@ def parse_labels(text: str) -> LabelPairs:
     )
 
 
+# Prometheus's staleness marker: a NaN with this exact bit pattern ends a series at once,
+# instead of it lingering for the 5 minutes of query lookback.
+STALE_NAN = struct.pack("<Q", 0x7FF0000000000002)
+
+
 class SeriesEncoder:
     """Encodes exposition series (family name, label text, value) for one timestamp, caching
-    the encoded labels: a VM's label text repeats on every family it has."""
+    each label set's encoding and tenant: a VM's label text repeats on every family it has."""
 
     def __init__(self) -> None:
         self._names: dict[str, bytes] = {}
-        self._labels: dict[str, tuple[bytes, LabelPairs]] = {}
+        self._label_sets: dict[str, tuple[bytes, str]] = {}
 
-    def labels(self, text: str) -> tuple[bytes, LabelPairs]:
-        cached = self._labels.get(text)
+    def label_set(self, text: str) -> tuple[bytes, str]:
+        """(the encoded labels, sorted; the value of tenant_id or "")."""
+        cached = self._label_sets.get(text)
         if cached is None:
             pairs = parse_labels(text)
-            cached = self._labels[text] = (
-                b"".join(encode_label(n, v) for n, v in sorted(pairs)),
-                pairs,
-            )
+            encoded = b"".join(encode_label(n, v) for n, v in sorted(pairs))
+            cached = self._label_sets[text] = (encoded, dict(pairs).get("tenant_id", ""))
         return cached
 
-    def series(self, name: str, labels_text: str, value: float, sample_tail: bytes) -> bytes:
-        """One TimeSeries; `sample_tail` is the encoded timestamp (see `sample_tail`)."""
+    def series(self, name: str, labels: bytes, value: bytes, tail: bytes) -> bytes:
+        """One TimeSeries from `label_set(...)[0]`, a packed double (`pack_value` or STALE_NAN)
+        and `sample_tail(timestamp_ms)`."""
         name_bytes = self._names.get(name)
         if name_bytes is None:
             name_bytes = self._names[name] = encode_label("__name__", name)
-        # __name__ sorts before every lowercase label name, so it goes first.
-        body = name_bytes + self.labels(labels_text)[0] + _sample_with_tail(value, sample_tail)
+        sample = b"\x09" + value + tail
+        # __name__ sorts before every lowercase label name, so it goes first; a sample is
+        # always < 128 bytes, so its length is one byte.
+        body = name_bytes + labels + b"\x12" + bytes([len(sample)]) + sample
         return b"\x0a" + varint(len(body)) + body
 
     def forget(self) -> None:
-        """Drop cached label sets (VMs come and go; called between snapshots when it grows)."""
-        if len(self._labels) > 200_000:
-            self._labels.clear()
+        """Bound the caches (VMs come and go); called once per snapshot."""
+        if len(self._label_sets) > 500_000:
+            self._label_sets.clear()
+
+
+def pack_value(value: float) -> bytes:
+    return _DOUBLE.pack(value)
 
 
 def sample_tail(timestamp_ms: int) -> bytes:
     return b"\x10" + varint(timestamp_ms)
-
-
-def _sample_with_tail(value: float, tail: bytes) -> bytes:
-    payload = b"\x09" + _DOUBLE.pack(value) + tail
-    return b"\x12" + bytes([len(payload)]) + payload  # < 128 bytes: a one-byte length

@@ -1,0 +1,143 @@
+"""Turns snapshots into remote-write batches for every endpoint, on a fixed wall-clock grid.
+
+Every `interval_seconds` (aligned to the clock, so samples stay evenly spaced across restarts)
+the current snapshot is encoded once, as a scrape would read it: all series for endpoints of
+the SRE view, and per tenant (only series whose tenant_id is that tenant) for split endpoints.
+Series gone since the last tick get Prometheus's staleness marker. Encoding and the queue's
+file writes run in the writer's own thread; delivery is the senders' (sender.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from hostcollector.config import RemoteWriteConfig
+from hostcollector.exposition import series
+from hostcollector.model import RemoteWriteStatus, Snapshot
+from hostcollector.remote_write.protocol import (
+    STALE_NAN,
+    SeriesEncoder,
+    compress,
+    pack_value,
+    sample_tail,
+)
+from hostcollector.remote_write.queue import DiskQueue, NewBatch
+from hostcollector.remote_write.sender import EndpointSender
+
+log = logging.getLogger(__name__)
+# Series per request: bounds a request's size (~1.5 MB uncompressed) and the cost of a retry.
+MAX_SERIES_PER_BATCH = 10_000
+
+
+def snapshot_ready(snapshot: Snapshot) -> bool:
+    """Every source has answered at least once: a daemon just started has nothing to send yet
+    (sending its empty snapshot would mark every series stale)."""
+    return all(s.polls_total > 0 for s in snapshot.sources)
+
+
+class Encoded:
+    """One tick's series bytes: all of them, and by tenant."""
+
+    def __init__(self) -> None:
+        self.all: list[bytes] = []
+        self.by_tenant: defaultdict[str, list[bytes]] = defaultdict(list)
+
+
+class RemoteWriter:
+    def __init__(self, config: RemoteWriteConfig, snapshot: Callable[[], Snapshot]) -> None:
+        self.config = config
+        self._snapshot = snapshot
+        self._encoder = SeriesEncoder()
+        # Series of the last tick (name, label text) -> tenant, for staleness markers.
+        self._previous: dict[tuple[str, str], str] = {}
+        self.senders = [
+            EndpointSender(
+                endpoint,
+                DiskQueue(Path(config.queue_dir) / endpoint.name, endpoint.max_queue_bytes),
+            )
+            for endpoint in config.endpoints
+        ]
+        self._split = any(e.split_by_tenant for e in config.endpoints)
+        self._whole = any(not e.split_by_tenant for e in config.endpoints)
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hc-rw")
+        self._task: asyncio.Task[None] | None = None
+        self.ticks_total = 0
+
+    def start(self) -> None:
+        for sender in self.senders:
+            sender.kick()  # what a previous run left queued goes first
+        self._task = asyncio.create_task(self._run(), name="remote-write")
+
+    async def _run(self) -> None:
+        interval = self.config.interval_seconds
+        while True:
+            await asyncio.sleep(interval - time.time() % interval)
+            snapshot = self._snapshot()
+            if not snapshot_ready(snapshot):
+                continue
+            try:
+                await self.tick(snapshot, int(time.time() * 1000))
+            except OSError as exc:  # a full or read-only disk: this tick is lost, not the daemon
+                log.error("remote write: cannot queue this tick's samples: %s", exc)
+
+    async def tick(self, snapshot: Snapshot, timestamp_ms: int) -> None:
+        loop = asyncio.get_running_loop()
+        encoded = await loop.run_in_executor(self._thread, self.encode, snapshot, timestamp_ms)
+        for sender in self.senders:
+            parts: Mapping[str, list[bytes]] = (
+                encoded.by_tenant if sender.config.split_by_tenant else {"": encoded.all}
+            )
+            batches = [
+                NewBatch(tenant, len(chunk), timestamp_ms, timestamp_ms, compress(b"".join(chunk)))
+                for tenant, items in parts.items()
+                for chunk in _chunks(items)
+            ]
+            written = await loop.run_in_executor(self._thread, sender.queue.write, batches)
+            sender.queue.add(written)
+            sender.kick()
+        self.ticks_total += 1
+
+    def encode(self, snapshot: Snapshot, timestamp_ms: int) -> Encoded:
+        encoder = self._encoder
+        encoder.forget()
+        tail = sample_tail(timestamp_ms)
+        out = Encoded()
+        current: dict[tuple[str, str], str] = {}
+        for name, labels_text, value in series(snapshot):
+            labels, tenant = encoder.label_set(labels_text)
+            current[(name, labels_text)] = tenant
+            self._place(out, encoder.series(name, labels, pack_value(value), tail), tenant)
+        for (name, labels_text), tenant in self._previous.items():
+            if (name, labels_text) not in current:
+                labels, _ = encoder.label_set(labels_text)
+                self._place(out, encoder.series(name, labels, STALE_NAN, tail), tenant)
+        self._previous = current
+        return out
+
+    def _place(self, out: Encoded, data: bytes, tenant: str) -> None:
+        if self._whole:
+            out.all.append(data)
+        # Unattributed and host series have no tenant: they never go to a tenant endpoint.
+        if self._split and tenant:
+            out.by_tenant[tenant].append(data)
+
+    def status(self) -> tuple[RemoteWriteStatus, ...]:
+        return tuple(sender.status() for sender in self.senders)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for sender in self.senders:
+            await sender.close()
+        self._thread.shutdown(wait=True)
+
+
+def _chunks(items: list[bytes]) -> list[list[bytes]]:
+    return [items[i : i + MAX_SERIES_PER_BATCH] for i in range(0, len(items), MAX_SERIES_PER_BATCH)]
