@@ -1,4 +1,4 @@
-"""Command line: run | check-config | dump | metrics-table."""
+"""Command line: run | check-config | dump | metrics-table | top."""
 
 from __future__ import annotations
 
@@ -42,9 +42,40 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("metrics-table", help="print the metric table (Markdown) for the README")
 
+    top = commands.add_parser("top", help="live view of a host's VMs and tenants (its JSON API)")
+    top.add_argument(
+        "--url", default="http://127.0.0.1:9730", help="the daemon (default %(default)s)"
+    )
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    top.add_argument("--token-file", help="file holding a bearer token")
+    top.add_argument("--ca-file", help="CA bundle to verify an https URL (default: the system's)")
+    top.add_argument("--cert", help="client certificate (PEM), with --key")
+    top.add_argument("--key", help="the client certificate's private key (PEM)")
+    top.add_argument(
+        "--sort", default="cpu", choices=("cpu", "mem", "disk", "net", "gpu", "vf", "name")
+    )
+    top.add_argument("--tenants", action="store_true", help="start in the per-tenant view")
+    top.add_argument(
+        "--once", action="store_true", help="print one frame (two fetches, --interval apart)"
+    )
+
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "top":
+        from hostcollector import top as top_command
+
+        return top_command.run(
+            url=args.url,
+            interval=args.interval,
+            token_file=args.token_file,
+            ca_file=args.ca_file,
+            cert=args.cert,
+            key=args.key,
+            sort=args.sort,
+            tenants=args.tenants,
+            once_only=args.once,
+        )
     if args.command == "metrics-table":
         from hostcollector.exposition import metrics_table
 

@@ -15,10 +15,12 @@ Layers, each usable alone:
 
 from __future__ import annotations
 
+import contextlib
 import curses
 import http.client
 import locale
 import queue
+import shutil
 import ssl
 import sys
 import threading
@@ -276,19 +278,22 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _counters(prefixes: Iterable[tuple[str, Any, str]]) -> dict[str, float]:
     """(name, record, field) -> {name: value} for the fields that are numbers."""
     found = {}
     for name, record, key in prefixes:
-        value = _number(record.get(key)) if isinstance(record, dict) else None
+        value = _number(_dict(record).get(key))
         if value is not None:
             found[name] = value
     return found
 
 
 def parse_vm(item: dict[str, Any]) -> Vm:
-    memory = item.get("memory") if isinstance(item.get("memory"), dict) else {}
-    assert isinstance(memory, dict)
+    memory = _dict(item.get("memory"))
     blocks = [b for b in item.get("blocks") or () if isinstance(b, dict)]
     nics = [n for n in item.get("interfaces") or () if isinstance(n, dict)]
     counters = _counters(
@@ -314,8 +319,7 @@ def parse_vm(item: dict[str, Any]) -> Vm:
 
 
 def parse_vf(item: dict[str, Any]) -> Vf:
-    vf = item.get("vf") if isinstance(item.get("vf"), dict) else {}
-    assert isinstance(vf, dict)
+    vf = _dict(item.get("vf"))
     return Vf(
         key=f"{vf.get('pf')}/{vf.get('index')}",
         vm_uuid=_text(item.get("vm_uuid")),
@@ -355,9 +359,7 @@ def parse_sources(document: Any) -> tuple[Source, ...] | None:
     )
 
 
-def parse_documents(
-    vms: Any, gpus: Any, vfs: Any, sources: Any, *, fetched_at: float
-) -> Documents:
+def parse_documents(vms: Any, gpus: Any, vfs: Any, sources: Any, *, fetched_at: float) -> Documents:
     """The API's answers (JSON values) -> Documents; FetchError if one is not the API's shape.
     `sources` None: /sources answered 403 (a tenant's token)."""
     taken_at = _number(_object(vms, f"{API}/vms").get("snapshot_timestamp"))
@@ -399,9 +401,9 @@ def advance_pair(pair: Pair | None, sample: Sample) -> Pair:
 def rates(pair: Pair | None) -> dict[str, float]:
     """Per counter: its increase per second. A counter seen once, or one that went backwards
     (the VM restarted, the driver was reloaded) has no rate: absent, never negative."""
-    if pair is None or pair[0] is None:
+    before, after = pair if pair is not None else (None, None)
+    if before is None or after is None:
         return {}
-    before, after = pair
     elapsed = after.at - before.at
     if elapsed <= 0:
         return {}
@@ -410,6 +412,12 @@ def rates(pair: Pair | None) -> dict[str, float]:
         for name, value in after.counters.items()
         if name in before.counters and value >= before.counters[name]
     }
+
+
+def vm_sample(vm: Vm, documents: Documents) -> Sample:
+    # sampled_at is when the daemon read this VM, which can be long before the snapshot (a
+    # quarantined VM keeps its last values).
+    return Sample(documents.taken_at if vm.sampled_at is None else vm.sampled_at, vm.counters)
 
 
 @dataclass(frozen=True)
@@ -426,10 +434,7 @@ class History:
         return History(
             latest=documents,
             vms={
-                vm.uuid: advance_pair(
-                    self.vms.get(vm.uuid),
-                    Sample(documents.taken_at if vm.sampled_at is None else vm.sampled_at, vm.counters),
-                )
+                vm.uuid: advance_pair(self.vms.get(vm.uuid), vm_sample(vm, documents))
                 for vm in documents.vms
             },
             vfs={
@@ -461,9 +466,10 @@ class Row:
     gpus: tuple[float | None, ...]  # utilization of each GPU and vGPU in use
     vf_rx: float | None
     vf_tx: float | None
-    quarantined: int = 0
-    stale: int = 0
+    quarantined: int = 0  # VMs
+    stale: int = 0  # VMs
     age: float | None = None  # a VM's sample age, shown when quarantined or stale
+    summed: bool = False  # a tenant's row
 
 
 def total(values: Iterable[float | None]) -> float | None:
@@ -523,7 +529,12 @@ def vm_rows(history: History) -> list[Row]:
         gpus.setdefault(use.vm_uuid, []).append(use.utilization)
     vfs = _vf_rates(history)
     return [
-        vm_row(vm, rates(history.vms.get(vm.uuid)), gpus.get(vm.uuid, ()), vfs.get(vm.uuid, (None, None)))
+        vm_row(
+            vm,
+            rates(history.vms.get(vm.uuid)),
+            gpus.get(vm.uuid, ()),
+            vfs.get(vm.uuid, (None, None)),
+        )
         for vm in history.latest.vms
     ]
 
@@ -552,6 +563,7 @@ def tenant_row(tenant: str, rows: Sequence[Row]) -> Row:
         vf_tx=total(r.vf_tx for r in rows),
         quarantined=sum(r.quarantined for r in rows),
         stale=sum(r.stale for r in rows),
+        summed=True,
     )
 
 
@@ -656,7 +668,7 @@ def age(seconds: float | None) -> str:
 
 
 def note(row: Row) -> str:
-    if row.vms == 1 and row.tenant is not None and row.state:
+    if not row.summed:
         flags = ["quarantined"] if row.quarantined else []
         if row.age is not None:
             flags.append(f"{age(row.age)} old")
@@ -690,7 +702,7 @@ FIGURES = (
     Column("VFRX/s", 6, lambda r: human_bytes(r.vf_rx)),
     Column("VFTX/s", 6, lambda r: human_bytes(r.vf_tx)),
 )
-NOTE = Column("NOTE", 0, note, right=False)
+NOTE = Column("NOTE", 0, note, right=False)  # width 0: the rest of the line
 
 
 def _tenant_label(tenant: str, width: int) -> str:
@@ -717,12 +729,11 @@ def columns(view: View, rows: Sequence[Row], width: int) -> list[Column]:
 
 
 def table_line(cells: Sequence[tuple[Column, str]]) -> str:
-    parts = [
-        (text.rjust(column.width) if column.right else text.ljust(column.width))[
-            : max(column.width, len(text)) if column is NOTE else column.width
-        ]
-        for column, text in cells
-    ]
+    parts = []
+    for column, text in cells:
+        if column.width:
+            text = text[: column.width]
+        parts.append(text.rjust(column.width) if column.right else text.ljust(column.width))
     return " ".join(parts).rstrip()
 
 
@@ -736,7 +747,9 @@ def table(view: View, rows: Sequence[Row], width: int) -> list[str]:
 def source_status(source: Source) -> str:
     if source.up:
         return f"{source.name} up {age(source.last_success_age)} ago"
-    since = "never up" if source.last_success_age is None else f"ok {age(source.last_success_age)} ago"
+    since = (
+        "never up" if source.last_success_age is None else f"ok {age(source.last_success_age)} ago"
+    )
     error = f": {source.last_error}" if source.last_error else ""
     return f"{source.name} DOWN ({since}{error})"
 
@@ -826,12 +839,10 @@ def _draw(screen: curses.window, lines: Sequence[str]) -> None:
     header = lines.index("") + 1 if "" in lines else -1
     for y, line in enumerate(lines[:height]):
         attribute = curses.A_REVERSE if y == header else curses.A_NORMAL
-        try:
+        # Writing the bottom-right cell moves the cursor past the screen: curses writes the
+        # character, then reports an error.
+        with contextlib.suppress(curses.error):
             screen.addnstr(y, 0, line.ljust(width) if y == header else line, width, attribute)
-        except curses.error:
-            # Writing the bottom-right cell moves the cursor past the screen: curses writes
-            # the character, then reports an error.
-            pass
     screen.refresh()
 
 
@@ -868,10 +879,8 @@ def _key_name(key: int) -> str:
 
 
 def _loop(screen: curses.window, live: Live, interval: float) -> None:
-    try:
+    with contextlib.suppress(curses.error):  # a terminal that cannot hide the cursor
         curses.curs_set(0)
-    except curses.error:
-        pass  # a terminal that cannot hide the cursor
     screen.timeout(INPUT_POLL_MS)
     results: queue.Queue[Documents | str] = queue.Queue()
     stop = threading.Event()
@@ -922,7 +931,6 @@ def run(
     sort: str = "cpu",
     tenants: bool = False,
     once_only: bool = False,
-    width: int | None = None,
 ) -> int:
     """`hostcollector top`. Exit 0; 1: --once could not read the API; 2: bad options."""
     try:
@@ -943,12 +951,9 @@ def run(
         return 2
     view = View(sort=sort, tenants=tenants)
     if once_only:
-        import shutil
-
-        return once(client, interval, view, width or shutil.get_terminal_size((200, 24)).columns)
+        # Not a terminal (a pipe, a file): wide enough that nothing is cut.
+        return once(client, interval, view, shutil.get_terminal_size((200, 24)).columns)
     locale.setlocale(locale.LC_ALL, "")  # curses draws non-ASCII names only under the locale
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C quits like q
         curses.wrapper(_loop, Live(client, view), interval)
-    except KeyboardInterrupt:
-        pass
     return 0

@@ -108,7 +108,8 @@ class SeriesEncoder:
         """(the encoded labels, sorted; the value of tenant_id or "")."""
         cached = self._label_sets.get(text)
         if cached is None:
-            pairs = parse_labels(text)
+            # An empty value is no label, as in a scrape (the spec: values must not be empty).
+            pairs = [(n, v) for n, v in parse_labels(text) if v]
             encoded = b"".join(encode_label(n, v) for n, v in sorted(pairs))
             cached = self._label_sets[text] = (encoded, dict(pairs).get("tenant_id", ""))
         return cached

@@ -1,0 +1,269 @@
+"""Remote write: the wire format, the on-disk queue, and delivery to real receivers
+(Debian's Prometheus and VictoriaMetrics, a tenant-routing gateway in front of the latter)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hostcollector.config import RemoteWriteConfig, RemoteWriteEndpointConfig
+from hostcollector.exposition import series
+from hostcollector.remote_write import writer as writer_module
+from hostcollector.remote_write.protocol import encode_timeseries, parse_labels
+from hostcollector.remote_write.queue import DiskQueue, NewBatch
+from hostcollector.remote_write.writer import RemoteWriter
+from tests.conftest import load_raw
+from tests.receivers import PrometheusReceiver, TenantGateway, VictoriaMetricsReceiver
+from tests.remote_write_decode import decode_write_request, is_stale
+from tests.snapshots import snapshot_from_raw
+
+ACME = "6f1c3b2a8d9e4f7a9b0c1d2e3f4a5b6c"
+GLOBEX = "0b7e5d4c3a2f41e8b9c7d6e5f4a3b2c1"
+
+
+def test_label_text_parses_back_with_escapes() -> None:
+    assert parse_labels('a="x",b="q\\"uote",c="back\\\\slash",d="new\\nline"') == (
+        ("a", "x"),
+        ("b", 'q"uote'),
+        ("c", "back\\slash"),
+        ("d", "new\nline"),
+    )
+    assert parse_labels("") == ()
+
+
+def test_encoded_series_decode_to_the_exposition(tmp_path: Path) -> None:
+    snapshot = snapshot_from_raw()
+    writer = RemoteWriter(
+        RemoteWriteConfig(queue_dir=str(tmp_path), endpoints=(endpoint("all"),)), lambda: snapshot
+    )
+    encoded = writer.encode(snapshot, 1_700_000_000_123)
+    decoded = decode_write_request(b"".join(encoded.all), compressed=False)
+    expected = [({"__name__": n} | {k: v for k, v in parse_labels(t) if v}, [(1_700_000_000_123, float(v))])
+                for n, t, v in series(snapshot)]  # fmt: skip
+    assert decoded == expected
+    assert len(decoded) > 200
+    # by tenant: exactly the series labelled with that tenant, none unattributed
+    for tenant, parts in encoded.by_tenant.items():
+        got = decode_write_request(b"".join(parts), compressed=False)
+        assert {labels["tenant_id"] for labels, _ in got} == {tenant}
+    assert set(encoded.by_tenant) == set() or set(encoded.by_tenant) <= {ACME, GLOBEX}
+
+
+def test_series_that_went_away_get_a_staleness_marker(tmp_path: Path) -> None:
+    full = snapshot_from_raw()
+    config = RemoteWriteConfig(queue_dir=str(tmp_path), endpoints=(endpoint("t", split=True),))
+    writer = RemoteWriter(config, lambda: full)
+    writer.encode(full, 1000)
+    without_a1 = snapshot_from_raw(
+        raw=[
+            e for e in __import__("tests.conftest").conftest.load_raw() if e["name"] != "hc-lab-a1"
+        ]
+    )
+    encoded = writer.encode(without_a1, 2000)
+    acme = decode_write_request(b"".join(encoded.by_tenant[ACME]), compressed=False)
+    assert acme and all(is_stale(v) for _, samples in acme for _, v in samples)
+    globex = decode_write_request(b"".join(encoded.by_tenant[GLOBEX]), compressed=False)
+    assert not any(is_stale(v) for _, samples in globex for _, v in samples)
+    assert not writer.encode(without_a1, 3000).by_tenant.get(ACME)  # marked once
+
+
+def test_a_label_pair_matches_a_reference_encoding() -> None:
+    # Label{name="a", value="b"} inside TimeSeries, and Sample{value=1.0, timestamp=1}:
+    # bytes as protoc encodes them.
+    expected = bytes.fromhex("0a150a060a0161120162120b09000000000000f03f1001")
+    assert encode_timeseries([("a", "b")], [(1, 1.0)]) == expected
+
+
+def new_batch(tenant: str, samples: int, body: bytes = b"x" * 100) -> NewBatch:
+    return NewBatch(tenant, samples, 1000, 1000, body)
+
+
+def test_queue_survives_a_restart_in_order(tmp_path: Path) -> None:
+    queue = DiskQueue(tmp_path, max_bytes=1 << 20)
+    queue.add(queue.write([new_batch("a", 1), new_batch("b", 2), new_batch("a", 3)]))
+    (tmp_path / "0000000000000099.batch.tmp").write_bytes(b"half a write")
+    (tmp_path / "0000000000000050.batch").write_bytes(b"not a header\n")
+    again = DiskQueue(tmp_path, max_bytes=1 << 20)
+    assert again.samples == 6 and again.batches == 3
+    assert sorted(again.tenants()) == ["a", "b"]
+    first = again.oldest("a")
+    assert first is not None and first.samples == 1 and again.read(first) == b"x" * 100
+    again.remove(first)
+    assert again.oldest("a") is not None and again.oldest("a").samples == 3  # type: ignore[union-attr]
+    assert again.dropped == {"corrupt": 1}
+    assert not list(tmp_path.glob("*.tmp"))
+    # numbering continues after the highest number on disk, so order survives restarts
+    written = again.write([new_batch("a", 4)])
+    assert written[0].seq == 3
+
+
+def test_queue_drops_the_oldest_past_its_bound_and_detects_damage(tmp_path: Path) -> None:
+    queue = DiskQueue(tmp_path, max_bytes=1000)
+    for samples in range(1, 11):
+        queue.add(queue.write([new_batch("", samples, b"y" * 200)]))
+    assert queue.bytes <= 1000
+    kept = queue.samples
+    assert queue.dropped["queue_full"] == sum(range(1, 11)) - kept
+    oldest = queue.oldest("")
+    assert oldest is not None
+    path = tmp_path / oldest.name
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="CRC32"):
+        queue.read(oldest)
+
+
+def endpoint(name: str, url: str = "http://127.0.0.1:9/api/v1/write", split: bool = False,
+             **headers: str) -> RemoteWriteEndpointConfig:  # fmt: skip
+    return RemoteWriteEndpointConfig(name=name, url=url, split_by_tenant=split, headers=headers)
+
+
+async def deliver(writer: RemoteWriter, ticks: list[int], timeout: float = 20) -> None:
+    """Queue `ticks` (ms) of the writer's snapshot and wait until every queue is empty."""
+    for timestamp in ticks:
+        await writer.tick(writer._snapshot(), timestamp)
+    deadline = time.monotonic() + timeout
+    while any(s.queue.batches for s in writer.senders):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not delivered: {writer.status()}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def receivers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    base = tmp_path_factory.mktemp("receivers")
+    with (
+        PrometheusReceiver(base / "prometheus") as prometheus,
+        VictoriaMetricsReceiver(base / "vm-acme") as acme,
+        VictoriaMetricsReceiver(base / "vm-globex") as globex,
+        TenantGateway({ACME: acme.write_url, GLOBEX: globex.write_url}) as gateway,
+    ):
+        yield {"prometheus": prometheus, "acme": acme, "globex": globex, "gateway": gateway}
+
+
+@pytest.mark.slow
+def test_all_series_and_per_tenant_routing_into_real_receivers(
+    receivers: dict[str, object], tmp_path: Path
+) -> None:
+    prometheus, acme, globex, gateway = (
+        receivers[k] for k in ("prometheus", "acme", "globex", "gateway")
+    )
+    assert isinstance(prometheus, PrometheusReceiver) and isinstance(gateway, TenantGateway)
+    assert isinstance(acme, VictoriaMetricsReceiver) and isinstance(globex, VictoriaMetricsReceiver)
+    snapshot = snapshot_from_raw()
+    config = RemoteWriteConfig(
+        queue_dir=str(tmp_path),
+        endpoints=(
+            endpoint("sre", prometheus.write_url),
+            endpoint("by_header", gateway.push_url(), split=True, **{"X-Scope-OrgID": "{tenant}"}),
+            endpoint("by_path", gateway.url + "/tenants/{tenant}/api/v1/write", split=True),
+        ),
+    )
+    now_ms = int(time.time() * 1000) // 1000 * 1000
+
+    async def run() -> RemoteWriter:
+        writer = RemoteWriter(config, lambda: snapshot)
+        try:
+            await deliver(writer, [now_ms - 2000, now_ms - 1000, now_ms])
+        finally:
+            await writer.close()
+        return writer
+
+    writer = asyncio.run(run())
+    start, end = now_ms / 1000 - 5, now_ms / 1000 + 1
+    everything = prometheus.samples('{__name__=~"hostcollector_.+"}', start, end)
+    assert len(everything) == len(series(snapshot))
+    assert all(len(points) == 3 for points in everything.values())
+    cpu = prometheus.samples("hostcollector_vm_cpu_time_seconds_total", start, end)
+    assert {dict(k).get("tenant_id") for k in cpu} == {ACME, GLOBEX, None}
+    for tenant, store in ((ACME, acme), (GLOBEX, globex)):
+        got = store.samples('{__name__=~".+"}', start, end)
+        assert got and {dict(k).get("tenant_id") for k in got} == {tenant}
+        # both endpoints (header and path) wrote the same samples: each twice (VM keeps both)
+        assert all(len(points) == 6 for points in got.values())
+        expected = sum(1 for _, labels, _ in series(snapshot) if f'tenant_id="{tenant}"' in labels)
+        assert len(got) == expected
+    assert gateway.unknown_tenants == []
+    for status in writer.status():
+        assert status.queue_batches == 0 and status.samples_failed_total == 0
+        assert status.samples_sent_total > 0 and status.samples_dropped_by_reason == ()
+
+
+@pytest.mark.slow
+def test_an_outage_is_retried_and_a_rejection_dropped(
+    receivers: dict[str, object], tmp_path: Path
+) -> None:
+    gateway = receivers["gateway"]
+    globex = receivers["globex"]
+    assert isinstance(gateway, TenantGateway) and isinstance(globex, VictoriaMetricsReceiver)
+    snapshot = snapshot_from_raw()
+    config = RemoteWriteConfig(
+        queue_dir=str(tmp_path),
+        endpoints=(endpoint("t", gateway.push_url(), split=True, **{"X-Scope-OrgID": "{tenant}"}),),
+    )
+    now_ms = int(time.time() * 1000)
+
+    async def run() -> None:
+        writer = RemoteWriter(config, lambda: snapshot)
+        globex.stop()  # the gateway answers 502 for globex: retried, kept queued
+        try:
+            await writer.tick(snapshot, now_ms)
+            await asyncio.sleep(1.5)
+            status = writer.status()[0]
+            assert status.queue_batches == 1 and status.samples_failed_total > 0
+            assert status.last_error is not None and "HTTP 502" in status.last_error
+            globex.start()
+            await deliver(writer, [])
+            assert writer.status()[0].samples_dropped_by_reason == ()
+        finally:
+            await writer.close()
+
+    asyncio.run(run())
+    got = globex.samples('{__name__=~".+"}', now_ms / 1000 - 1, now_ms / 1000 + 1)
+    assert got and all(dict(k)["tenant_id"] == GLOBEX for k in got)
+
+    prometheus = receivers["prometheus"]
+    assert isinstance(prometheus, PrometheusReceiver)
+    rejected = RemoteWriteConfig(
+        queue_dir=str(tmp_path / "r"), endpoints=(endpoint("p", prometheus.write_url),)
+    )
+
+    async def stale() -> dict[str, int]:
+        writer = RemoteWriter(rejected, lambda: snapshot)
+        try:  # samples an hour and a half old: Prometheus answers 400 "out of bounds"
+            await deliver(writer, [now_ms - 5_400_000])
+            return dict(writer.status()[0].samples_dropped_by_reason)
+        finally:
+            await writer.close()
+
+    assert asyncio.run(stale()) == {"rejected": len(series(snapshot))}
+
+
+def test_a_big_host_is_cut_into_bounded_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "MAX_SERIES_PER_BATCH", 50)
+    snapshot = snapshot_from_raw()
+    config = RemoteWriteConfig(queue_dir=str(tmp_path), endpoints=(endpoint("all"),))
+
+    async def run() -> list[int]:
+        writer = RemoteWriter(config, lambda: snapshot)
+        writer.senders[0].kick = lambda: None  # type: ignore[method-assign]  # queue only
+        try:
+            await writer.tick(snapshot, 1000)
+            queue = writer.senders[0].queue
+            return [decode_count(queue.read(b)) for b in list(queue._all.values())]
+        finally:
+            await writer.close()
+
+    counts = asyncio.run(run())
+    assert sum(counts) == len(series(snapshot)) and max(counts) == 50 and len(counts) > 2
+
+
+def decode_count(body: bytes) -> int:
+    return len(decode_write_request(body))
