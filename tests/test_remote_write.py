@@ -58,11 +58,7 @@ def test_series_that_went_away_get_a_staleness_marker(tmp_path: Path) -> None:
     config = RemoteWriteConfig(queue_dir=str(tmp_path), endpoints=(endpoint("t", split=True),))
     writer = RemoteWriter(config, lambda: full)
     writer.encode(full, 1000)
-    without_a1 = snapshot_from_raw(
-        raw=[
-            e for e in __import__("tests.conftest").conftest.load_raw() if e["name"] != "hc-lab-a1"
-        ]
-    )
+    without_a1 = snapshot_from_raw(raw=[e for e in load_raw() if e["name"] != "hc-lab-a1"])
     encoded = writer.encode(without_a1, 2000)
     acme = decode_write_request(b"".join(encoded.by_tenant[ACME]), compressed=False)
     assert acme and all(is_stale(v) for _, samples in acme for _, v in samples)
