@@ -149,8 +149,10 @@ def run_daemon(
     tmp: Path,
     interval: float = 2.0,
     sources_extra: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
     **attribution: Any,
 ) -> Iterator[Daemon]:
+    """`extra`: more top-level config sections (remote_write, auth, ...)."""
     port = free_port()
     libvirt = {
         "interval_seconds": interval,
@@ -173,6 +175,7 @@ def run_daemon(
             **attribution,
         },
         "logging": {"level": "info"},
+        **(extra or {}),
     }
     config_path = tmp / "hostcollector.yml"
     config_path.write_text(yaml.safe_dump(config))
