@@ -19,6 +19,7 @@ import contextlib
 import curses
 import http.client
 import locale
+import os
 import queue
 import shutil
 import ssl
@@ -45,6 +46,8 @@ FULL_TENANT = 32
 # a few intervals means that VM is not being read any more.
 STALE_SECONDS = 60.0
 INPUT_POLL_MS = 100
+# --once into a pipe or a file: lines are not cut.
+UNCUT_WIDTH = 1000
 KEYS_HINT = "keys: q quit  c m d n g v N sort by cpu mem disk net gpu vf name  r reverse  t tenants"
 
 
@@ -807,7 +810,7 @@ def frame(
         if view.tenants:
             rows = tenant_rows(rows)
         lines += table(view, sort_rows(rows, view), width)
-    return [line[: max(width, 0)] for line in lines]
+    return [line[: max(width, 0)].rstrip() for line in lines]
 
 
 def frame_from(
@@ -951,9 +954,13 @@ def run(
         return 2
     view = View(sort=sort, tenants=tenants)
     if once_only:
-        # Not a terminal (a pipe, a file): wide enough that nothing is cut.
-        return once(client, interval, view, shutil.get_terminal_size((200, 24)).columns)
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else UNCUT_WIDTH
+        return once(client, interval, view, width)
     locale.setlocale(locale.LC_ALL, "")  # curses draws non-ASCII names only under the locale
+    # curses would take LINES/COLUMNS from the environment over the terminal's own size; they
+    # go stale on a resize (and GNU readline exports them into every child of its process).
+    for name in ("LINES", "COLUMNS"):
+        os.environ.pop(name, None)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C quits like q
         curses.wrapper(_loop, Live(client, view), interval)
     return 0

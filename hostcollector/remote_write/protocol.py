@@ -91,6 +91,8 @@ def parse_labels(text: str) -> LabelPairs:
     )
 
 
+pack_value = _DOUBLE.pack  # a sample's value, as `prefix` expects it
+
 # Prometheus's staleness marker: a NaN with this exact bit pattern ends a series at once,
 # instead of it lingering for the 5 minutes of query lookback.
 STALE_NAN = struct.pack("<Q", 0x7FF0000000000002)
@@ -114,26 +116,24 @@ class SeriesEncoder:
             cached = self._label_sets[text] = (encoded, dict(pairs).get("tenant_id", ""))
         return cached
 
-    def series(self, name: str, labels: bytes, value: bytes, tail: bytes) -> bytes:
-        """One TimeSeries from `label_set(...)[0]`, a packed double (`pack_value` or STALE_NAN)
-        and `sample_tail(timestamp_ms)`."""
+    def prefix(self, name: str, labels_text: str, tail_length: int) -> tuple[bytes, str]:
+        """(a TimeSeries' bytes up to its sample's value, the series' tenant). The series is
+        then `prefix + packed value (8 bytes) + sample_tail(timestamp)`, whose length is
+        `tail_length`: every length inside is known before the value is."""
         name_bytes = self._names.get(name)
         if name_bytes is None:
             name_bytes = self._names[name] = encode_label("__name__", name)
-        sample = b"\x09" + value + tail
-        # __name__ sorts before every lowercase label name, so it goes first; a sample is
-        # always < 128 bytes, so its length is one byte.
-        body = name_bytes + labels + b"\x12" + bytes([len(sample)]) + sample
-        return b"\x0a" + varint(len(body)) + body
+        labels, tenant = self.label_set(labels_text)
+        sample_length = 1 + 8 + tail_length
+        # __name__ sorts before every lowercase label name, so it goes first.
+        body_length = len(name_bytes) + len(labels) + 2 + sample_length
+        head = b"\x0a" + varint(body_length) + name_bytes + labels
+        return head + b"\x12" + bytes([sample_length]) + b"\x09", tenant
 
     def forget(self) -> None:
         """Bound the caches (VMs come and go); called once per snapshot."""
         if len(self._label_sets) > 500_000:
             self._label_sets.clear()
-
-
-def pack_value(value: float) -> bytes:
-    return _DOUBLE.pack(value)
 
 
 def sample_tail(timestamp_ms: int) -> bytes:

@@ -54,8 +54,10 @@ class RemoteWriter:
         self.config = config
         self._snapshot = snapshot
         self._encoder = SeriesEncoder()
-        # Series of the last tick (name, label text) -> tenant, for staleness markers.
-        self._previous: dict[tuple[str, str], str] = {}
+        # The last tick's series (name, label text) -> (encoded prefix, tenant): reused by the
+        # next tick, and what it compares with for staleness markers.
+        self._prefixes: dict[tuple[str, str], tuple[bytes, str]] = {}
+        self._tail_length = 0
         self.senders = [
             EndpointSender(
                 endpoint,
@@ -104,28 +106,37 @@ class RemoteWriter:
         self.ticks_total += 1
 
     def encode(self, snapshot: Snapshot, timestamp_ms: int) -> Encoded:
-        encoder = self._encoder
-        encoder.forget()
+        """The tick's series, each `prefix + value + tail`: the per-series work is a dict
+        lookup and a concatenation (~1 us), the prefixes kept from the last tick."""
         tail = sample_tail(timestamp_ms)
+        previous = self._prefixes if self._tail_length == len(tail) else {}
+        self._encoder.forget()
+        prefix_of = self._encoder.prefix
+        current: dict[tuple[str, str], tuple[bytes, str]] = {}
         out = Encoded()
-        current: dict[tuple[str, str], str] = {}
+        whole, split = self._whole, self._split
+        add_all, by_tenant = out.all.append, out.by_tenant
         for name, labels_text, value in series(snapshot):
-            labels, tenant = encoder.label_set(labels_text)
-            current[(name, labels_text)] = tenant
-            self._place(out, encoder.series(name, labels, pack_value(value), tail), tenant)
-        for (name, labels_text), tenant in self._previous.items():
-            if (name, labels_text) not in current:
-                labels, _ = encoder.label_set(labels_text)
-                self._place(out, encoder.series(name, labels, STALE_NAN, tail), tenant)
-        self._previous = current
+            key = (name, labels_text)
+            entry = previous.get(key)
+            if entry is None:
+                entry = prefix_of(name, labels_text, len(tail))
+            current[key] = entry
+            data = entry[0] + pack_value(value) + tail
+            if whole:
+                add_all(data)
+            # Unattributed and host series have no tenant: they never go to a tenant endpoint.
+            if split and entry[1]:
+                by_tenant[entry[1]].append(data)
+        for key, (prefix, tenant) in previous.items():
+            if key not in current:  # gone since the last tick: a staleness marker
+                data = prefix + STALE_NAN + tail
+                if whole:
+                    add_all(data)
+                if split and tenant:
+                    by_tenant[tenant].append(data)
+        self._prefixes, self._tail_length = current, len(tail)
         return out
-
-    def _place(self, out: Encoded, data: bytes, tenant: str) -> None:
-        if self._whole:
-            out.all.append(data)
-        # Unattributed and host series have no tenant: they never go to a tenant endpoint.
-        if self._split and tenant:
-            out.by_tenant[tenant].append(data)
 
     def status(self) -> tuple[RemoteWriteStatus, ...]:
         return tuple(sender.status() for sender in self.senders)

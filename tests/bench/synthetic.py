@@ -59,9 +59,13 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
         ListenConfig,
         MetadataRuleConfig,
         NvmlConfig,
+        RemoteWriteConfig,
+        RemoteWriteEndpointConfig,
         SourcesConfig,
         SriovConfig,
     )
+    from hostcollector.remote_write.protocol import compress
+    from hostcollector.remote_write.writer import RemoteWriter
     from tests.bench.fakes import FakeConnection
     from tests.bench.scrape import parse_wrk, wrk_command
     from tests.labkit import free_port
@@ -164,6 +168,28 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
         body = collector.exposition.body(openmetrics=False, gzipped=False)
         gz = collector.exposition.body(openmetrics=False, gzipped=True)
 
+        # Remote write: one tick's encoding for an all-series and a split-by-tenant endpoint
+        # (what the writer's thread does every remote_write interval), without the disk.
+        writer = RemoteWriter(
+            RemoteWriteConfig(
+                queue_dir=str(tmp / "remote-write"),
+                endpoints=(
+                    RemoteWriteEndpointConfig("all", "http://127.0.0.1:9/"),
+                    RemoteWriteEndpointConfig(
+                        "split", "http://127.0.0.1:9/{tenant}", split_by_tenant=True
+                    ),
+                ),
+            ),
+            lambda: snapshot,
+        )
+        started = time.process_time()
+        for i in range(cycles):
+            encoded = writer.encode(snapshot, 1_800_000_000_000 + i * 15_000)
+            wire = compress(b"".join(encoded.all))
+            tenants_wire = sum(len(compress(b"".join(v))) for v in encoded.by_tenant.values())
+        remote_write_ms = (time.process_time() - started) * 1000 / cycles
+        await writer.close()
+
         runner = web.AppRunner(build_app(config, collector))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", port)
@@ -187,6 +213,9 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
             "own_cpu_per_cycle_ms": cpu * 1000,
             "own_cpu_per_vm_per_cycle_ms": cpu * 1000 / count,
             "stage_cpu_ms": {k: v * 1000 / cycles for k, v in stages.items()},
+            "remote_write_tick_cpu_ms": remote_write_ms,
+            "remote_write_all_mb": len(wire) / 2**20,
+            "remote_write_tenants_mb": tenants_wire / 2**20,
             "rss_mb": rss_bytes() / 2**20,
             "rss_growth_per_vm_kb": (rss_bytes() - baseline) / count / 1024,
             "scrape_1_p50_ms": latency[1][0],
