@@ -88,7 +88,10 @@ def _host_only(request: web.Request) -> None:
 
 
 def _envelope(snapshot: Snapshot, **document: Any) -> dict[str, Any]:
-    return {"snapshot_timestamp": snapshot.taken_at, **document}
+    # When each source last read its data: what a client needs to turn two answers' counters
+    # into rates (VFs and GPUs carry no time of their own). Timestamps only, for every scope.
+    sampled_at = {s.name: s.last_success_timestamp_seconds for s in snapshot.sources}
+    return {"snapshot_timestamp": snapshot.taken_at, "source_sampled_at": sampled_at, **document}
 
 
 async def list_vms(request: web.Request) -> web.Response:

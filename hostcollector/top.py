@@ -242,11 +242,15 @@ class Documents:
     gpu_uses: tuple[GpuUse, ...]
     gpus: int  # GPUs listed, whoever uses them
     sources: tuple[Source, ...] | None  # None: not visible to this token
+    # Each source's last read, from every answer's envelope (any token may see these).
+    source_sampled_at: dict[str, float] = field(default_factory=dict)
 
     @property
     def vf_sampled_at(self) -> float:
         """When the VF counters were read: the sriov source's last success. VFs carry no time
         of their own, and the snapshot's time moves whenever any other source polls."""
+        if "sriov" in self.source_sampled_at:
+            return self.source_sampled_at["sriov"]
         for source in self.sources or ():
             if source.name == "sriov" and source.last_success_at is not None:
                 return source.last_success_at
@@ -375,7 +379,14 @@ def parse_documents(vms: Any, gpus: Any, vfs: Any, sources: Any, *, fetched_at: 
         gpu_uses=tuple(use for item in gpu_items for use in parse_gpu_uses(item)),
         gpus=len(gpu_items),
         sources=parse_sources(sources),
+        source_sampled_at=_source_times(_object(vfs, f"{API}/vfs").get("source_sampled_at")),
     )
+
+
+def _source_times(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float)}
 
 
 # --- rates --------------------------------------------------------------------------------
