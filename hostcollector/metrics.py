@@ -968,7 +968,7 @@ SELF_FAMILIES = (
     _self_family(
         "remote_write_samples_dropped_total",
         "counter",
-        "Samples never delivered, by reason: queue_full (oldest dropped past max_queue_bytes), rejected (a 4xx other than 429), invalid_tenant, corrupt (an unreadable queue file).",
+        "Samples never delivered, by reason: queue_full (oldest dropped past max_queue_bytes), rejected (a 4xx other than 429), invalid_tenant, corrupt (an unreadable queue file), unqueueable (the queue directory refused the write: full or read-only disk).",
         ("endpoint", "reason"),
     ),
     _self_family(

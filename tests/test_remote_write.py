@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,3 +264,27 @@ def test_a_big_host_is_cut_into_bounded_requests(
 
 def decode_count(body: bytes) -> int:
     return len(decode_write_request(body))
+
+
+def test_an_unusable_queue_directory_costs_samples_not_the_daemon(tmp_path: Path) -> None:
+    blocker = tmp_path / "queue"
+    blocker.write_text("a file where the queue directory should be")
+    snapshot = snapshot_from_raw()
+    config = RemoteWriteConfig(queue_dir=str(blocker), endpoints=(endpoint("all"),))
+
+    async def run() -> tuple[Any, Any]:
+        writer = RemoteWriter(config, lambda: snapshot)
+        writer.senders[0].kick = lambda: None  # type: ignore[method-assign]  # queue only
+        try:
+            await writer.tick(snapshot, 1000)
+            broken = writer.status()[0]
+            blocker.unlink()  # the disk is fixed: the next tick queues again
+            await writer.tick(snapshot, 2000)
+            return broken, writer.status()[0]
+        finally:
+            await writer.close()
+
+    broken, fixed = asyncio.run(run())
+    assert broken.samples_dropped_by_reason == (("unqueueable", len(series(snapshot))),)
+    assert broken.last_error is not None and "cannot queue" in broken.last_error
+    assert fixed.queue_batches == 1 and fixed.queue_samples == len(series(snapshot))

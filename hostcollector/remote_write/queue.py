@@ -59,8 +59,23 @@ class DiskQueue:
         self._all: dict[int, Batch] = {}  # by seq, oldest first (insertion order)
         self._bytes = 0
         self._next_seq = 0
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._recover()
+        # Why the directory cannot be used (not creatable, not readable); retried at each write.
+        # A queue that cannot be used costs remote write its samples, never the daemon.
+        self.unusable: str | None = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._recover()
+        except OSError as exc:
+            if self.unusable is None:
+                log.error("remote write: queue directory %s unusable: %s", self.directory, exc)
+            self.unusable = f"queue directory {self.directory}: {exc.strerror or exc}"
+            return
+        if self.unusable is not None:
+            log.info("remote write: queue directory %s usable again", self.directory)
+        self.unusable = None
 
     def _recover(self) -> None:
         for leftover in self.directory.glob("*.tmp"):
@@ -94,7 +109,12 @@ class DiskQueue:
         self._bytes += batch.size
 
     def write(self, batches: list[NewBatch]) -> list[Batch]:
-        """Make the batches durable (file I/O: the writer's thread); `add` then queues them."""
+        """Make the batches durable (file I/O: the writer's thread); `add` then queues them.
+        OSError if the disk refuses (full, read-only): the caller loses this tick's batches."""
+        if self.unusable is not None:
+            self._open()
+            if self.unusable is not None:
+                raise OSError(self.unusable)
         written = []
         for new in batches:
             seq = self._next_seq

@@ -87,16 +87,16 @@ class EndpointSender:
                     await self._send(batch)
             except Retry as exc:
                 self.failed_total += batch.samples
-                self._failed(str(exc))
+                self.failed(str(exc))
                 await asyncio.sleep(max(backoff, exc.retry_after or 0.0))
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
                 continue
             except Rejected as exc:
-                self._failed(str(exc))
+                self.failed(str(exc))
                 self.queue.drop(batch, "rejected")
                 continue
             except ValueError as exc:  # the file is damaged
-                self._failed(f"queue file {batch.name}: {exc}")
+                self.failed(f"queue file {batch.name}: {exc}")
                 self.queue.drop(batch, "corrupt")
                 continue
             backoff = BACKOFF_MIN_SECONDS
@@ -107,7 +107,7 @@ class EndpointSender:
                 log.info("remote write %s: delivering again", self.config.name)
                 self.last_error = None
 
-    def _failed(self, message: str) -> None:
+    def failed(self, message: str) -> None:
         # One log line per change of error, not one per retry during an outage.
         if message != self.last_error:
             log.warning("remote write %s: %s", self.config.name, message)

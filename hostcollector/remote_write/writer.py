@@ -69,7 +69,6 @@ class RemoteWriter:
         self._whole = any(not e.split_by_tenant for e in config.endpoints)
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hc-rw")
         self._task: asyncio.Task[None] | None = None
-        self.ticks_total = 0
 
     def start(self) -> None:
         for sender in self.senders:
@@ -83,10 +82,7 @@ class RemoteWriter:
             snapshot = self._snapshot()
             if not snapshot_ready(snapshot):
                 continue
-            try:
-                await self.tick(snapshot, int(time.time() * 1000))
-            except OSError as exc:  # a full or read-only disk: this tick is lost, not the daemon
-                log.error("remote write: cannot queue this tick's samples: %s", exc)
+            await self.tick(snapshot, int(time.time() * 1000))
 
     async def tick(self, snapshot: Snapshot, timestamp_ms: int) -> None:
         loop = asyncio.get_running_loop()
@@ -100,10 +96,14 @@ class RemoteWriter:
                 for tenant, items in parts.items()
                 for chunk in _chunks(items)
             ]
-            written = await loop.run_in_executor(self._thread, sender.queue.write, batches)
+            try:
+                written = await loop.run_in_executor(self._thread, sender.queue.write, batches)
+            except OSError as exc:  # a full or read-only disk: this tick is lost, not the daemon
+                sender.queue.dropped["unqueueable"] += sum(b.samples for b in batches)
+                sender.failed(f"cannot queue this tick's samples: {exc.strerror or exc}")
+                continue
             sender.queue.add(written)
             sender.kick()
-        self.ticks_total += 1
 
     def encode(self, snapshot: Snapshot, timestamp_ms: int) -> Encoded:
         """The tick's series, each `prefix + value + tail`: the per-series work is a dict
