@@ -10,16 +10,20 @@ temporary directory) and run only with HOSTCOLLECTOR_DEPLOY set: `make test-depl
 from __future__ import annotations
 
 import dataclasses
+import grp
+import hashlib
 import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from hostcollector.config import Config, config_to_dict, load_config
+from hostcollector.auth import parse_tokens
+from hostcollector.config import Config, config_to_dict, load_config, parse_config
 from hostcollector.exposition import ALL_FAMILIES
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
@@ -195,6 +200,9 @@ def test_dashboard_and_rule_queries_parse(tmp_path: Path) -> None:
 CONFIG_VARS = {
     "hostcollector_listen_address": "listen.address",
     "hostcollector_listen_port": "listen.port",
+    "hostcollector_listen_tls_cert_file": "listen.tls.cert_file",
+    "hostcollector_listen_tls_key_file": "listen.tls.key_file",
+    "hostcollector_listen_tls_client_ca_file": "listen.tls.client_ca_file",
     "hostcollector_libvirt_enabled": "sources.libvirt.enabled",
     "hostcollector_libvirt_uri": "sources.libvirt.uri",
     "hostcollector_libvirt_interval_seconds": "sources.libvirt.interval_seconds",
@@ -221,6 +229,10 @@ CONFIG_VARS = {
     "hostcollector_attribution_metadata_rules": "attribution.metadata_rules",
     "hostcollector_attribution_mapping_file": "attribution.mapping_file",
     "hostcollector_attribution_info_labels": "attribution.info_labels",
+    "hostcollector_auth_tokens_file": "auth.tokens_file",
+    "hostcollector_remote_write_interval_seconds": "remote_write.interval_seconds",
+    "hostcollector_remote_write_queue_dir": "remote_write.queue_dir",
+    "hostcollector_remote_write_endpoints": "remote_write.endpoints",
     "hostcollector_log_level": "logging.level",
 }
 
@@ -258,13 +270,24 @@ def test_role_renders_every_config_option() -> None:
         assert variable in template, f"{variable} is not rendered by hostcollector.yml.j2"
 
 
+# Options that are null by default: an empty string in the role, null in the file.
+NULL_AS_EMPTY = (
+    "attribution.mapping_file",
+    "sources.nvml.library_path",
+    "listen.tls.cert_file",
+    "listen.tls.key_file",
+    "listen.tls.client_ca_file",
+    "auth.tokens_file",
+)
+
+
 def test_role_defaults_equal_hostcollector_defaults() -> None:
     defaults = role_defaults()
     config = config_to_dict(Config())
     for variable, path in CONFIG_VARS.items():
         expected = lookup(config, path)
         value = defaults[variable]
-        if path in ("attribution.mapping_file", "sources.nvml.library_path"):
+        if path in NULL_AS_EMPTY:
             value = value or None  # empty in the role, null in the file
         assert value == expected, f"{variable} defaults to {value!r}, hostcollector to {expected!r}"
 
@@ -428,6 +451,8 @@ def test_first_run_installs_user_venv_config_and_unit(deployed: Deployment) -> N
     ):
         assert line in unit, f"unit lacks {line!r}"
     assert not re.search(r"^PrivateDevices=", unit, re.MULTILINE)
+    # The default remote-write queue is under StateDirectory=hostcollector.
+    assert not re.search(r"^ReadWritePaths=", unit, re.MULTILINE)
 
 
 def test_rendered_config_is_what_the_variables_say(deployed: Deployment) -> None:
@@ -568,6 +593,10 @@ def test_second_run_changes_nothing(deployed: Deployment) -> None:
     assert recap(result)["changed"] == 0, f"changed on the second run: {changed}"
 
 
+# A token given where its SHA-256 belongs: refused, and never echoed.
+PLAINTEXT = "plaintext-bearer-token-0123"
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -596,6 +625,11 @@ def test_second_run_changes_nothing(deployed: Deployment) -> None:
             ["failed to validate", "attribution.info_labels: 'job' is reserved"],
             id="check-config-rejects",
         ),
+        pytest.param(
+            {"hostcollector_auth_tokens": [{"name": "p", "sha256": PLAINTEXT, "scope": "all"}]},
+            ["hostcollector_auth_tokens: entry 0 (p): sha256 is not 64 hex digits"],
+            id="token-in-clear",
+        ),
     ],
 )
 def test_bad_variable_fails_and_keeps_the_old_config(
@@ -607,7 +641,129 @@ def test_bad_variable_fails_and_keeps_the_old_config(
     assert recap(result)["failed"] == 1
     for text in expected:
         assert text in result.stdout, f"{text!r} not in:\n{result.stdout[-4000:]}"
+    assert PLAINTEXT not in result.stdout + result.stderr, "a token echoed"
     assert {p: p.read_bytes() for p in before} == before, "a failed run changed the config or unit"
+
+
+def get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_role_deploys_tokens_and_remote_write(deployed: Deployment, tmp_path: Path) -> None:
+    """Two tokens (scope all, scope tenant) and two remote write endpoints, the queue outside the
+    state directory: the config passes check-config, the tokens file holds digests only (root,
+    the service's group, 0640), the unit may write the queue, and the daemon, as the service
+    user, wants a token and feeds the queue."""
+    tokens = {"all": secrets.token_urlsafe(24), "tenant": secrets.token_urlsafe(24)}
+    digest = {scope: hashlib.sha256(token.encode()).hexdigest() for scope, token in tokens.items()}
+    tenant = "6f1c3b2a8d9e4f7a9b0c1d2e3f4a5b6c"
+    queue = deployed.root / "remote-write"
+    closed = free_port()  # nothing listens: every batch fails and stays queued
+    endpoints = [
+        {"name": "sre", "url": f"http://127.0.0.1:{closed}/api/v1/write"},
+        {
+            "name": "tenants",
+            "url": f"http://127.0.0.1:{closed}/api/v1/push",
+            "split_by_tenant": True,
+            "headers": {"X-Scope-OrgID": "{tenant}"},
+            "tls": {"ca_file": None},
+            "timeout_seconds": 5,
+            "max_queue_bytes": 64 * 1024 * 1024,
+            "concurrency": 2,
+        },
+    ]
+    result = deployed.apply(
+        {
+            "hostcollector_auth_tokens": [
+                {"name": "prometheus", "sha256": digest["all"].upper(), "scope": "all"},
+                {"name": "acme-portal", "sha256": digest["tenant"], "scope": "tenant",
+                 "tenant": tenant},
+            ],
+            "hostcollector_remote_write_interval_seconds": 1,
+            "hostcollector_remote_write_queue_dir": str(queue),
+            "hostcollector_remote_write_endpoints": endpoints,
+        }
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+
+    check = subprocess.run(
+        [deployed.venv / "bin" / "hostcollector", "check-config", deployed.config],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    config = load_config(deployed.config)
+    tokens_file = deployed.config.parent / "tokens.yml"
+    assert config.auth.tokens_file == str(tokens_file)
+    expected = parse_config(
+        yaml.safe_dump({"remote_write": {"interval_seconds": 1, "queue_dir": str(queue),
+                                         "endpoints": endpoints}})
+    )  # fmt: skip
+    assert config.remote_write == expected.remote_write
+
+    info = tokens_file.stat()
+    assert (info.st_uid, grp.getgrgid(info.st_gid).gr_name, info.st_mode & 0o777) == (
+        0,
+        USER,
+        0o640,
+    )
+    text = tokens_file.read_text()
+    assert not any(token in text for token in tokens.values()), "a token in clear"
+    assert {d: (s.name, s.tenant) for d, s in parse_tokens(text.encode()).items()} == {
+        digest["all"]: ("prometheus", None),
+        digest["tenant"]: ("acme-portal", tenant),
+    }
+
+    unit = deployed.unit.read_text()
+    assert f"ReadWritePaths={queue}\n" in unit
+    assert queue.is_dir() and queue.owner() == USER and queue.stat().st_mode & 0o777 == 0o750
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", str(deployed.unit)], capture_output=True, text=True
+        )
+        assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+
+    log = tmp_path / "daemon.log"
+    command = [
+        "setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", "--no-new-privs", "--",
+        str(deployed.venv / "bin" / "hostcollector"), "run", "--config", str(deployed.config),
+    ]  # fmt: skip
+    with log.open("w") as out:
+        daemon = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        body = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and 'endpoint="tenants"' not in body:
+            assert daemon.poll() is None, f"the daemon exited:\n{log.read_text()}"
+            try:
+                status, body = get(deployed.port, "/metrics", tokens["all"])
+            except OSError:
+                time.sleep(0.3)
+                continue
+            assert status == 200, body
+            time.sleep(0.3)
+        assert 'hostcollector_remote_write_queue_batches{endpoint="sre"}' in body, log.read_text()
+        assert get(deployed.port, "/-/healthy") == (200, "ok\n")
+        assert get(deployed.port, "/metrics")[0] == 401
+        assert get(deployed.port, "/metrics", "not-a-token")[0] == 401
+        status, scoped = get(deployed.port, "/metrics", tokens["tenant"])
+        assert status == 200 and "hostcollector_build_info" not in scoped
+        assert {p.name for p in queue.iterdir()} <= {"sre", "tenants"}
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
 
 
 def test_ansible_readme_variables_table_is_current() -> None:
