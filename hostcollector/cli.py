@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "top":
-        from hostcollector import top as top_command
+        from hostcollector.top import screen as top_command
 
         return top_command.run(
             url=args.url,

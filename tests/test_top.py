@@ -20,13 +20,18 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from hostcollector import cli, top
+from hostcollector import cli
 from hostcollector import tls as server_tls
 from hostcollector.app import build_app
 from hostcollector.attribution import attribute_gpus, attribute_vfs
 from hostcollector.collector import Collector, Exposition
 from hostcollector.config import AuthConfig, Config, ListenConfig, ServerTlsConfig
 from hostcollector.model import AttributedVM, GpuStats, Snapshot, SourceStatus, VfStats, VgpuStats
+from hostcollector.top import client as top_client
+from hostcollector.top import documents as top_documents
+from hostcollector.top import layout as top_layout
+from hostcollector.top import rows as top_rows
+from hostcollector.top import screen as top_screen
 from tests.labkit import ACME, GLOBEX, LAB_VMS, free_port, require_lab, run_daemon, wait_until
 from tests.served import serve
 from tests.snapshots import LAB_ATTRIBUTION, TAKEN_AT, snapshot_from_raw
@@ -149,21 +154,25 @@ def two_snapshots() -> tuple[Snapshot, Snapshot]:
 
 
 @pytest.fixture(scope="module")
-def documents() -> tuple[top.Documents, top.Documents]:
+def documents() -> tuple[top_documents.Documents, top_documents.Documents]:
     """The two snapshots as top reads them: over HTTP from the daemon's app."""
     first, second = two_snapshots()
     config = Config(attribution=LAB_ATTRIBUTION)
     collector = Collector(config, sources={})
     collector.exposition = Exposition(first)
     with serve(build_app(config, collector)) as url:
-        client = top.make_client(url)
-        before = top.fetch(client)
+        client = top_client.make_client(url)
+        before = top_client.fetch(client)
         collector.exposition = Exposition(second)
-        return before, top.fetch(client)
+        return before, top_client.fetch(client)
 
 
-def render(docs: tuple[top.Documents, ...], width: int = 200, **view: str | bool) -> list[str]:
-    return top.frame_from(docs, top.View(**view), width, url="http://hv1:9730", now=TAKEN_AT)  # type: ignore[arg-type]
+def render(
+    docs: tuple[top_documents.Documents, ...], width: int = 200, **view: str | bool
+) -> list[str]:
+    return top_layout.frame_from(
+        docs, top_rows.View(**view), width, url="http://hv1:9730", now=TAKEN_AT
+    )  # type: ignore[arg-type]
 
 
 def table(lines: list[str]) -> list[dict[str, str]]:
@@ -184,7 +193,7 @@ def column(lines: list[str], title: str) -> list[str]:
 
 
 def test_vm_rates_are_deltas_over_each_vms_own_sample_times(
-    documents: tuple[top.Documents, top.Documents],
+    documents: tuple[top_documents.Documents, top_documents.Documents],
 ) -> None:
     rows = {row["NAME"]: row for row in table(render(documents))}
     a1 = rows["hc-lab-a1"]
@@ -222,7 +231,7 @@ def test_vm_rates_are_deltas_over_each_vms_own_sample_times(
 
 
 def test_a_counter_that_went_backwards_or_a_first_sample_shows_a_dash(
-    documents: tuple[top.Documents, top.Documents],
+    documents: tuple[top_documents.Documents, top_documents.Documents],
 ) -> None:
     orphan = next(r for r in table(render(documents)) if r["NAME"] == "hc-lab-orphan")
     assert [orphan[c] for c in ("CPU", "RD/s", "WR/s", "RX/s", "TX/s")] == ["-"] * 5
@@ -236,7 +245,7 @@ def test_a_counter_that_went_backwards_or_a_first_sample_shows_a_dash(
 
 
 def test_rates_survive_refreshes_between_the_daemons_polls(
-    documents: tuple[top.Documents, top.Documents],
+    documents: tuple[top_documents.Documents, top_documents.Documents],
 ) -> None:
     first, second = documents
     again = dataclasses.replace(second, fetched_at=second.fetched_at + 1)
@@ -258,7 +267,10 @@ def test_rates_survive_refreshes_between_the_daemons_polls(
     ],
 )
 def test_sort_orders(
-    documents: tuple[top.Documents, top.Documents], sort: str, reverse: bool, order: list[str]
+    documents: tuple[top_documents.Documents, top_documents.Documents],
+    sort: str,
+    reverse: bool,
+    order: list[str],
 ) -> None:
     lines = render(documents, sort=sort, reverse=reverse)
     assert column(lines, "NAME") == order
@@ -266,7 +278,9 @@ def test_sort_orders(
     assert f"sort: {sort} {direction}" in lines[0]
 
 
-def test_tenant_view_sums_its_vms(documents: tuple[top.Documents, top.Documents]) -> None:
+def test_tenant_view_sums_its_vms(
+    documents: tuple[top_documents.Documents, top_documents.Documents],
+) -> None:
     rows = table(render(documents, tenants=True))
     assert [r["TENANT"] for r in rows] == [ACME, GLOBEX, "(none)"]  # by CPU: 1.25, 0.60, -
     acme, globex, none = rows
@@ -292,7 +306,7 @@ def test_tenant_view_sums_its_vms(documents: tuple[top.Documents, top.Documents]
 
 
 def test_quarantined_and_stale_vms_are_marked(
-    documents: tuple[top.Documents, top.Documents],
+    documents: tuple[top_documents.Documents, top_documents.Documents],
 ) -> None:
     rows = {row["NAME"]: row for row in table(render(documents[:1]))}
     assert rows["hc-lab-b1"]["NOTE"] == "quarantined 32s old"
@@ -305,7 +319,7 @@ def test_quarantined_and_stale_vms_are_marked(
     assert {row["NOTE"] for row in table(render((documents[0], stale)))} == {"95s old"}
 
 
-def test_header_lines(documents: tuple[top.Documents, top.Documents]) -> None:
+def test_header_lines(documents: tuple[top_documents.Documents, top_documents.Documents]) -> None:
     lines = render(documents)
     assert lines[0].startswith("hostcollector top  http://hv1:9730  ")
     assert "4 VMs  2 tenants  3 GPUs  3 VFs" in lines[0]
@@ -317,7 +331,7 @@ def test_header_lines(documents: tuple[top.Documents, top.Documents]) -> None:
 @pytest.mark.parametrize("width", [0, 1, 12, 40, 79])
 @pytest.mark.parametrize("tenants", [False, True])
 def test_narrow_terminals_cut_every_line(
-    documents: tuple[top.Documents, top.Documents], width: int, tenants: bool
+    documents: tuple[top_documents.Documents, top_documents.Documents], width: int, tenants: bool
 ) -> None:
     lines = render(documents, width=width, tenants=tenants)
     assert all(len(line) <= width for line in lines)
@@ -328,9 +342,9 @@ def test_narrow_terminals_cut_every_line(
 
 
 def test_a_failed_fetch_keeps_the_last_data_on_screen(
-    documents: tuple[top.Documents, top.Documents],
+    documents: tuple[top_documents.Documents, top_documents.Documents],
 ) -> None:
-    live = top.Live(top.make_client("http://hv1:9730"), top.View())
+    live = top_screen.Live(top_client.make_client("http://hv1:9730"), top_rows.View())
     for found in documents:
         live.take(found)
     live.take("/api/v1/vms: [Errno 111] Connection refused")
@@ -339,29 +353,29 @@ def test_a_failed_fetch_keeps_the_last_data_on_screen(
     assert column(lines, "CPU")[0] == "1.25"
     live.take(documents[1])
     assert not any(line.startswith("error:") for line in live.lines(200))
-    waiting = top.Live(top.make_client("http://hv1:9730"), top.View())
+    waiting = top_screen.Live(top_client.make_client("http://hv1:9730"), top_rows.View())
     waiting.take("/api/v1/vms: timed out")
     assert waiting.lines(80)[-1] == "waiting for http://hv1:9730"
 
 
 def test_keys() -> None:
-    view = top.View()
-    assert top.apply_key(view, "q") is None
-    assert top.apply_key(view, "t") == top.View(tenants=True)
-    assert top.apply_key(view, "r") == top.View(reverse=True)
-    assert top.apply_key(top.View(reverse=True), "m") == top.View(sort="mem")
-    sorts = {key: top.apply_key(view, key) for key in "cmdngvN"}
+    view = top_rows.View()
+    assert top_rows.apply_key(view, "q") is None
+    assert top_rows.apply_key(view, "t") == top_rows.View(tenants=True)
+    assert top_rows.apply_key(view, "r") == top_rows.View(reverse=True)
+    assert top_rows.apply_key(top_rows.View(reverse=True), "m") == top_rows.View(sort="mem")
+    sorts = {key: top_rows.apply_key(view, key) for key in "cmdngvN"}
     assert {key: v.sort for key, v in sorts.items() if v} == {
         "c": "cpu", "m": "mem", "d": "disk", "n": "net", "g": "gpu", "v": "vf", "N": "name",
     }  # fmt: skip
-    assert top.apply_key(view, "x") == view
+    assert top_rows.apply_key(view, "x") == view
 
 
 def test_units() -> None:
     cases = [(None, "-"), (0, "0"), (1023, "1023"), (1024, "1.0K"), (1536, "1.5K"),
              (10 * 1024, "10K"), (MiB, "1.0M"), (256 * MiB, "256M"), (5 * 1024**5, "5.0P")]  # fmt: skip
-    assert [top.human_bytes(value) for value, _ in cases] == [text for _, text in cases]
-    assert [top.age(s) for s in (None, 3.4, 150, 9000)] == ["never", "3s", "2m", "2h"]
+    assert [top_layout.human_bytes(value) for value, _ in cases] == [text for _, text in cases]
+    assert [top_layout.age(s) for s in (None, 3.4, 150, 9000)] == ["never", "3s", "2m", "2h"]
 
 
 # --- errors from the API ----------------------------------------------------------------------
@@ -388,13 +402,15 @@ def guarded(tmp_path: Path) -> Iterator[str]:
 def test_a_tenants_token_sees_its_vms_and_no_sources(guarded: str, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text(f"  {ACME_TOKEN}\n")
-    documents = top.fetch(top.make_client(guarded, token_file=str(token)))
+    documents = top_client.fetch(top_client.make_client(guarded, token_file=str(token)))
     assert documents.sources is None
-    lines = top.frame_from([documents], top.View(), 200, url=guarded, now=TAKEN_AT)
+    lines = top_layout.frame_from([documents], top_rows.View(), 200, url=guarded, now=TAKEN_AT)
     assert lines[1] == "sources: not visible to this token"
     assert column(lines, "NAME") == ["hc-lab-a1"]
-    with pytest.raises(top.FetchError, match="HTTP 401: an 'Authorization: Bearer <token>' header"):
-        top.fetch(top.make_client(guarded))
+    with pytest.raises(
+        top_documents.FetchError, match="HTTP 401: an 'Authorization: Bearer <token>' header"
+    ):
+        top_client.fetch(top_client.make_client(guarded))
 
 
 def test_refused_connections_and_answers_that_are_not_the_api() -> None:
@@ -409,14 +425,14 @@ def test_refused_connections_and_answers_that_are_not_the_api() -> None:
     for name in ("vms", "gpus", "vfs", "sources"):
         app.router.add_get(f"/shape/api/v1/{name}", wrong_shape)
     with serve(app) as url:
-        with pytest.raises(top.FetchError, match="/api/v1/vms: not JSON"):
-            top.fetch(top.make_client(f"{url}/bad"))
-        with pytest.raises(top.FetchError, match="/api/v1/vms: expected a JSON object"):
-            top.fetch(top.make_client(f"{url}/shape"))
-        with pytest.raises(top.FetchError, match="/api/v1/vms: HTTP 404: 404: Not Found"):
-            top.fetch(top.make_client(url))
+        with pytest.raises(top_documents.FetchError, match="/api/v1/vms: not JSON"):
+            top_client.fetch(top_client.make_client(f"{url}/bad"))
+        with pytest.raises(top_documents.FetchError, match="/api/v1/vms: expected a JSON object"):
+            top_client.fetch(top_client.make_client(f"{url}/shape"))
+        with pytest.raises(top_documents.FetchError, match="/api/v1/vms: HTTP 404: 404: Not Found"):
+            top_client.fetch(top_client.make_client(url))
     # the server is gone now: the port refuses
-    assert "Connection refused" in str(top.fetch_or_error(top.make_client(url)))
+    assert "Connection refused" in str(top_client.fetch_or_error(top_client.make_client(url)))
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -484,7 +500,7 @@ def test_bad_options_exit_2(
 
 
 def test_the_sort_choices_are_tops() -> None:
-    for sort in top.SORTS:  # accepted by the parser, then the URL stops it
+    for sort in top_rows.SORTS:  # accepted by the parser, then the URL stops it
         assert cli.main(["top", "--sort", sort, "--url", "nope"]) == 2
     with pytest.raises(SystemExit):
         cli.main(["top", "--sort", "colour"])
