@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -114,10 +115,16 @@ class Daemon:
     log_path: Path
     process: subprocess.Popen[bytes]
     interval: float
+    # With TLS and tokens on: how this test client connects, and the token it sends.
+    client_context: ssl.SSLContext | None = None
+    token: str | None = None
 
     def get(self, path: str = "/metrics", timeout: float = 5) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
-            body: bytes = response.read()
+        request = urllib.request.Request(self.url + path)
+        if self.token is not None:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=timeout, context=self.client_context) as r:
+            body: bytes = r.read()
             return body
 
     def scrape(self) -> Samples:
@@ -150,9 +157,13 @@ def run_daemon(
     interval: float = 2.0,
     sources_extra: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    tls: dict[str, str] | None = None,
+    client_context: ssl.SSLContext | None = None,
+    token: str | None = None,
     **attribution: Any,
 ) -> Iterator[Daemon]:
-    """`extra`: more top-level config sections (remote_write, auth, ...)."""
+    """`extra`: more top-level config sections (remote_write, auth, ...); `tls`: the
+    listen.tls section, reached with `client_context` (and `token` with auth on)."""
     port = free_port()
     libvirt = {
         "interval_seconds": interval,
@@ -160,7 +171,7 @@ def run_daemon(
         **(sources_extra or {}),
     }
     config = {
-        "listen": {"address": "127.0.0.1", "port": port},
+        "listen": {"address": "127.0.0.1", "port": port, **({"tls": tls} if tls else {})},
         "sources": {"libvirt": libvirt},
         "attribution": {
             "metadata_rules": [
@@ -186,7 +197,11 @@ def run_daemon(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    daemon = Daemon(f"http://127.0.0.1:{port}", config_path, log_path, process, interval)
+    scheme = "https" if tls else "http"
+    daemon = Daemon(
+        f"{scheme}://127.0.0.1:{port}", config_path, log_path, process, interval,
+        client_context, token,
+    )  # fmt: skip
     try:
         wait_until(lambda: _first_poll_done(daemon), 30, "the daemon to serve its first poll")
         yield daemon

@@ -49,6 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, ClassVar, Self
 
+import yaml
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 READY_TIMEOUT = 30.0
@@ -310,9 +311,22 @@ class PrometheusReceiver(Receiver):
     binary = "prometheus"
     ready_path = "/-/ready"
 
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        scrape_configs: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(directory, port)
+        self.scrape_configs = scrape_configs or []
+
     def command(self) -> list[str]:
         config = self.directory / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 1m\nscrape_configs: []\n")
+        config.write_text(
+            yaml.safe_dump(
+                {"global": {"scrape_interval": "1m"}, "scrape_configs": self.scrape_configs}
+            )
+        )
         return [
             f"--config.file={config}",
             f"--storage.tsdb.path={self.data_path}",

@@ -33,10 +33,10 @@ from hostcollector.top import layout as top_layout
 from hostcollector.top import rows as top_rows
 from hostcollector.top import screen as top_screen
 from tests.labkit import ACME, GLOBEX, LAB_VMS, free_port, require_lab, run_daemon, wait_until
+from tests.pki import make_ca, make_cert
 from tests.served import serve
 from tests.snapshots import LAB_ATTRIBUTION, TAKEN_AT, snapshot_from_raw
 from tests.test_http import RecordedLibvirt
-from tests.test_tls import make_ca, make_cert
 
 HOSTCOLLECTOR = str(Path(sys.executable).parent / "hostcollector")
 MiB = 1024 * 1024
