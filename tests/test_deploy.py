@@ -554,12 +554,16 @@ def serve(command: list[str], port: int, log: Path, as_user: bool) -> str:
         )
         return body
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        stop(daemon)
+
+
+def stop(daemon: subprocess.Popen[bytes]) -> None:
+    daemon.terminate()
+    try:
+        daemon.wait(10)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
 
 
 def test_installed_daemon_serves_metrics(deployed: Deployment, tmp_path: Path) -> None:
@@ -758,12 +762,7 @@ def test_role_deploys_tokens_and_remote_write(deployed: Deployment, tmp_path: Pa
         assert status == 200 and "hostcollector_build_info" not in scoped
         assert {p.name for p in queue.iterdir()} <= {"sre", "tenants"}
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        stop(daemon)
 
 
 def test_ansible_readme_variables_table_is_current() -> None:
