@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from hostcollector.config import RemoteWriteConfig, RemoteWriteEndpointConfig
 from hostcollector.exposition import series
@@ -20,6 +22,7 @@ from hostcollector.remote_write.writer import RemoteWriter
 from tests.conftest import load_raw
 from tests.receivers import PrometheusReceiver, TenantGateway, VictoriaMetricsReceiver
 from tests.remote_write_decode import decode_write_request, is_stale
+from tests.served import serve
 from tests.snapshots import snapshot_from_raw
 
 ACME = "6f1c3b2a8d9e4f7a9b0c1d2e3f4a5b6c"
@@ -288,3 +291,41 @@ def test_an_unusable_queue_directory_costs_samples_not_the_daemon(tmp_path: Path
     assert broken.samples_dropped_by_reason == (("unqueueable", len(series(snapshot))),)
     assert broken.last_error is not None and "cannot queue" in broken.last_error
     assert fixed.queue_batches == 1 and fixed.queue_samples == len(series(snapshot))
+
+
+def test_close_lets_a_request_in_flight_finish_and_cuts_backoffs_short(tmp_path: Path) -> None:
+    """A restart must not cut off a request the store is storing (it would be sent again)."""
+    started = threading.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        if request.path.startswith("/down"):
+            return web.Response(status=503, text="down for maintenance")
+        started.set()
+        await asyncio.sleep(1.0)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", slow)
+    snapshot = snapshot_from_raw()
+    with serve(app) as url:
+        config = RemoteWriteConfig(
+            queue_dir=str(tmp_path),
+            endpoints=(endpoint("slow", f"{url}/write"), endpoint("down", f"{url}/down")),
+        )
+
+        async def run() -> tuple[float, Any, Any]:
+            writer = RemoteWriter(config, lambda: snapshot)
+            await writer.tick(snapshot, 1000)
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # the slow one is mid-request; the other backs off
+            began = time.monotonic()
+            await writer.close()
+            slow_status, down_status = writer.status()
+            return time.monotonic() - began, slow_status, down_status
+
+        took, slow_status, down_status = asyncio.run(run())
+    assert slow_status.queue_batches == 0 and slow_status.samples_sent_total > 0
+    assert down_status.queue_batches == 1 and "HTTP 503" in (down_status.last_error or "")
+    assert 0.5 < took < 3.0  # waited for the request, not for the 503's backoff

@@ -9,6 +9,7 @@ take it (malformed, too old): it is dropped and counted, and the store's reason 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 MAX_RETRY_AFTER_SECONDS = 300.0
+# On shutdown, how long requests in flight may take to finish (systemd waits 90 s by default).
+CLOSE_GRACE_SECONDS = 5.0
 
 
 class Retry(Exception):
@@ -60,19 +63,33 @@ class EndpointSender:
         self._session: aiohttp.ClientSession | None = None
         self._lanes: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
+        self._closing = asyncio.Event()
 
     def kick(self) -> None:
         """Start delivering every tenant lane that has batches and no task yet."""
+        if self._closing.is_set():
+            return
+        self._lanes = {t: task for t, task in self._lanes.items() if not task.done()}
         for tenant in self.queue.tenants():
-            task = self._lanes.get(tenant)
-            if task is None or task.done():
-                self._lanes[tenant] = asyncio.create_task(
+            if tenant not in self._lanes:
+                task = asyncio.create_task(
                     self._deliver(tenant), name=f"remote-write-{self.config.name}"
                 )
+                task.add_done_callback(self._lane_ended)
+                self._lanes[tenant] = task
+
+    def _lane_ended(self, task: asyncio.Task[None]) -> None:
+        # A bug must not silently stop delivery: say so; the next tick starts the lane again.
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "remote write %s: delivery stopped by an error",
+                self.config.name,
+                exc_info=task.exception(),
+            )
 
     async def _deliver(self, tenant: str) -> None:
         backoff = BACKOFF_MIN_SECONDS
-        while (batch := self.queue.oldest(tenant)) is not None:
+        while not self._closing.is_set() and (batch := self.queue.oldest(tenant)) is not None:
             if tenant and not TENANT_ID.match(tenant):
                 log.warning(
                     "remote write %s: tenant id %r cannot be sent (a store takes 1-150 of "
@@ -88,7 +105,11 @@ class EndpointSender:
             except Retry as exc:
                 self.failed_total += batch.samples
                 self.failed(str(exc))
-                await asyncio.sleep(max(backoff, exc.retry_after or 0.0))
+                # The backoff, cut short by close(): a waiting lane has nothing in flight.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._closing.wait(), max(backoff, exc.retry_after or 0.0)
+                    )
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
                 continue
             except Rejected as exc:
@@ -175,10 +196,17 @@ class EndpointSender:
             last_error=self.last_error,
         )
 
-    async def close(self) -> None:
-        for task in self._lanes.values():
-            task.cancel()
-        await asyncio.gather(*self._lanes.values(), return_exceptions=True)
+    async def close(self, grace_seconds: float = CLOSE_GRACE_SECONDS) -> None:
+        """Let requests in flight finish (for at most `grace_seconds`), then stop. A request
+        cut off may have been stored without its answer seen: its batch stays queued and is
+        sent again after a restart, which a store may refuse as a duplicate."""
+        self._closing.set()
+        lanes = list(self._lanes.values())
+        if lanes:
+            _, late = await asyncio.wait(lanes, timeout=grace_seconds)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
