@@ -118,6 +118,7 @@ def test_outage_and_restart_lose_no_sample(
         tenants[GLOBEX].start()
         recovered = time.time()
         wait_until(lambda: queue_empty(daemon), 90, "the queues to drain")
+        drained = time.time()
         samples = daemon.scrape()
         assert not pick(samples, "hostcollector_remote_write_samples_dropped_total")
         end = time.time()
@@ -127,6 +128,11 @@ def test_outage_and_restart_lose_no_sample(
 
     # 4. Every sample taken during the outage, before and after the restart, arrived.
     queued = queued_before_restart | queued_before_recovery
+    print(  # the figures for the record (pytest -s)
+        f"outage {recovered - outage_began:.0f} s: {len(queued)} ticks queued "
+        f"({len(queued_before_restart)} before the restart), drained {drained - recovered:.1f} s "
+        "after the receivers came back"
+    )
     assert len(queued_before_restart) >= OUTAGE_SECONDS / 2 / INTERVAL - 3
     assert min(queued) <= outage_began + INTERVAL and max(queued) >= recovered - 2 * INTERVAL
     for vm, uuid in UUIDS.items():
