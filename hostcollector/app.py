@@ -126,8 +126,10 @@ def build_app(config: Config, collector: Collector | None = None) -> web.Applica
     app = web.Application(middlewares=[api.json_errors, authenticate])
     app[COLLECTOR] = collector or Collector(config)
     if config.auth.tokens_file is not None:
-        app[TOKENS] = TokenFile(config.auth.tokens_file)
-        app[TOKENS].current()  # load now: a bad file at start is logged at start
+        tokens = TokenFile(config.auth.tokens_file)
+        tokens.current()  # load now: a bad file at start is logged at start
+        app[TOKENS] = tokens
+        app[COLLECTOR].watched_files["tokens"] = tokens
 
     async def polling(app: web.Application) -> AsyncIterator[None]:
         app[COLLECTOR].start()

@@ -122,16 +122,18 @@ def _run(config: Config) -> int:
     from hostcollector.collector import Collector
 
     _setup_logging(config)
+    collector = Collector(config)
     ssl_context = None
     if config.listen.tls.enabled:
         from hostcollector.tls import ReloadingServerTls
 
         try:
-            ssl_context = ReloadingServerTls(config.listen.tls).context
+            server_tls = ReloadingServerTls(config.listen.tls)
         except ConfigError as exc:
             print(exc.render(), file=sys.stderr)
             return 2
-    collector = Collector(config)
+        ssl_context = server_tls.context
+        collector.watched_files["tls"] = server_tls.files
     tune_gc()
     logging.getLogger("hostcollector").info(
         "hostcollector %s listening on %s://%s:%d/metrics, sources: %s, tokens: %s",

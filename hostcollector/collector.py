@@ -38,6 +38,7 @@ from hostcollector.model import (
     TenantMapStatus,
 )
 from hostcollector.poller import Poller
+from hostcollector.reloading import ReloadingFiles
 from hostcollector.remote_write.writer import RemoteWriter
 from hostcollector.sources import Source, build_sources
 from hostcollector.tenancy import compile_rules
@@ -90,6 +91,7 @@ class _Inputs:
     tenant_status: TenantMapStatus
     libvirt_health: LibvirtHealth | None
     http_denied: tuple[tuple[str, int], ...]
+    watched_files: tuple[tuple[str, int, int], ...]
     remote_write: tuple[RemoteWriteStatus, ...]
 
 
@@ -136,6 +138,8 @@ class Collector:
         self.latest: dict[str, Any] = {}
         # Requests the HTTP side refused, by reason (missing, invalid, scope).
         self.http_denied: Counter[str] = Counter()
+        # Files the HTTP side re-reads on change (tokens, TLS certificates), for self-metrics.
+        self.watched_files: dict[str, ReloadingFiles[Any]] = {}
         self.remote_writer = (
             RemoteWriter(config.remote_write, lambda: self.exposition.snapshot)
             if config.remote_write.endpoints
@@ -202,6 +206,9 @@ class Collector:
             tenant_status=self.tenant_map.status(),
             libvirt_health=source.health() if isinstance(source, HasHealth) else None,
             http_denied=tuple(sorted(self.http_denied.items())),
+            watched_files=tuple(
+                (name, f.reloads_total, f.errors_total) for name, f in self.watched_files.items()
+            ),
             remote_write=self.remote_writer.status() if self.remote_writer else (),
         )
 
@@ -244,6 +251,7 @@ class Collector:
             nvml_available=nvml.nvml_available if nvml else None,
             nvml_driver_version=nvml.driver_version if nvml else None,
             http_denied=inputs.http_denied,
+            watched_files=inputs.watched_files,
             remote_write=inputs.remote_write,
         )
 

@@ -380,6 +380,14 @@ def _render_self(w: _Writer, snapshot: Snapshot) -> None:
         families["http_requests_denied_total"],
         ((f'reason="{r}"', n) for r, n in snapshot.http_denied),
     )
+    w.family(
+        families["file_reloads_total"],
+        ((f'file="{name}"', loads) for name, loads, _ in snapshot.watched_files),
+    )
+    w.family(
+        families["file_reload_errors_total"],
+        ((f'file="{name}"', errors) for name, _, errors in snapshot.watched_files),
+    )
     _render_remote_write(w, snapshot, families)
     one("snapshot_timestamp_seconds", snapshot.taken_at)
     one("exposition_series", w.series + 1)

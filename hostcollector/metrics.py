@@ -930,6 +930,18 @@ SELF_FAMILIES = (
         ("reason",),
     ),
     _self_family(
+        "file_reloads_total",
+        "counter",
+        "Versions of a file re-read on change that were loaded: tokens (auth.tokens_file), tls (listen.tls files).",
+        ("file",),
+    ),
+    _self_family(
+        "file_reload_errors_total",
+        "counter",
+        "Versions of such a file that were rejected (unreadable, malformed, a key not matching its certificate); the last good version stays in force.",
+        ("file",),
+    ),
+    _self_family(
         "remote_write_queue_batches",
         "gauge",
         "Batches (one request each) waiting in the endpoint's on-disk queue.",

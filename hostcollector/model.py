@@ -354,3 +354,5 @@ class Snapshot:
     remote_write: tuple[RemoteWriteStatus, ...] = ()
     # Requests refused by the HTTP server: (reason, count), reason missing|invalid|scope.
     http_denied: tuple[tuple[str, int], ...] = ()
+    # Files re-read on change (tokens, tls): (file, loads, rejected versions).
+    watched_files: tuple[tuple[str, int, int], ...] = ()

@@ -59,5 +59,5 @@ class ReloadingServerTls:
         return None
 
     @property
-    def reloads_total(self) -> int:
-        return self._files.reloads_total
+    def files(self) -> ReloadingFiles[ssl.SSLContext | None]:
+        return self._files

@@ -191,3 +191,16 @@ def test_tokens_file_reloads_and_a_bad_one_keeps_the_last_good(api: str, tokens_
     tokens_file.write_text("tokens: [{name: broken, sha256: nothex, scope: all}]\n")
     time.sleep(1.1)
     assert get(f"{api}/api/v1/vms", token="new-token-after-rotation").status == 200
+
+
+def test_token_file_reloads_and_rejections_are_self_metrics(tokens_file: Path) -> None:
+    config = Config(attribution=LAB_ATTRIBUTION, auth=AuthConfig(str(tokens_file)))
+    collector = served_snapshot(config)
+    with serve(build_app(config, collector)) as url:
+        time.sleep(1.1)
+        tokens_file.write_text("tokens: [{name: broken, sha256: nothex, scope: all}]\n")
+        assert get(f"{url}/api/v1/vms", token=SRE_TOKEN).status == 200  # the last good file
+        collector.refresh()
+        text = get(f"{url}/metrics", token=SRE_TOKEN).body.decode()
+    assert 'hostcollector_file_reloads_total{file="tokens"} 1' in text
+    assert 'hostcollector_file_reload_errors_total{file="tokens"} 1' in text

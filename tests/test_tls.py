@@ -44,8 +44,11 @@ def served_cn(port: int, context: ssl.SSLContext) -> str:
         return str(subject["commonName"])
 
 
+Live = tuple[str, Path, tls.ReloadingServerTls]
+
+
 @pytest.fixture
-def live(pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+def live(pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
     monkeypatch.setattr(tls, "RELOAD_CHECK_SECONDS", 0.0)
     for name in ("server.pem", "server.key"):
         (tmp_path / name).write_bytes((pki / name).read_bytes())
@@ -53,13 +56,14 @@ def live(pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         str(tmp_path / "server.pem"), str(tmp_path / "server.key"), str(pki / "ca.pem")
     )
     config = Config(listen=ListenConfig(tls=settings))
-    context = tls.ReloadingServerTls(settings).context
-    with serve(build_app(config, Collector(config, sources={})), ssl_context=context) as url:
-        yield url, tmp_path
+    server_tls = tls.ReloadingServerTls(settings)
+    app = build_app(config, Collector(config, sources={}))
+    with serve(app, ssl_context=server_tls.context) as url:
+        yield url, tmp_path, server_tls
 
 
-def test_https_with_client_certificates(live: tuple[str, Path], pki: Path) -> None:
-    url, _ = live
+def test_https_with_client_certificates(live: Live, pki: Path) -> None:
+    url, _, _ = live
     assert url.startswith("https://")
     assert get(f"{url}/metrics", context=client_context(pki, with_cert=True)).status == 200
     with pytest.raises(OSError):  # no client certificate: the handshake is refused
@@ -68,8 +72,8 @@ def test_https_with_client_certificates(live: tuple[str, Path], pki: Path) -> No
         get(f"{url}/metrics", context=ssl.create_default_context())
 
 
-def test_certificates_are_reloaded_when_the_files_change(live: tuple[str, Path], pki: Path) -> None:
-    url, directory = live
+def test_certificates_are_reloaded_when_the_files_change(live: Live, pki: Path) -> None:
+    url, directory, server_tls = live
     port = int(url.rsplit(":", 1)[1])
     context = client_context(pki, with_cert=True)
     assert served_cn(port, context) == "hostcollector-one"
@@ -78,6 +82,7 @@ def test_certificates_are_reloaded_when_the_files_change(live: tuple[str, Path],
     assert served_cn(port, context) == "hostcollector-one"
     (directory / "server.key").write_bytes((pki / "server2.key").read_bytes())
     assert served_cn(port, context) == "hostcollector-two"
+    assert (server_tls.files.reloads_total, server_tls.files.errors_total) == (2, 1)
     assert get(f"{url}/metrics", context=context).status == 200
 
 
