@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hostcollector import views
 from hostcollector.app import build_app
 from hostcollector.collector import Collector, Exposition
 from hostcollector.config import AuthConfig, Config
@@ -204,3 +207,29 @@ def test_token_file_reloads_and_rejections_are_self_metrics(tokens_file: Path) -
         text = get(f"{url}/metrics", token=SRE_TOKEN).body.decode()
     assert 'hostcollector_file_reloads_total{file="tokens"} 1' in text
     assert 'hostcollector_file_reload_errors_total{file="tokens"} 1' in text
+
+
+def test_answers_are_built_once_per_snapshot_and_follow_a_new_one() -> None:
+    config = Config(attribution=LAB_ATTRIBUTION)
+    collector = served_snapshot(config)
+    app = build_app(config, collector)
+    built: list[str] = []
+    original = views.vms
+
+    def counting(*args: Any) -> Any:
+        built.append("vms")
+        return original(*args)
+
+    with serve(app) as url, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(views, "vms", counting)
+        first = [get(f"{url}/api/v1/vms").body for _ in range(3)]
+        assert len(set(first)) == 1 and built == ["vms"]
+        snapshot = snapshot_from_raw()
+        renamed = dataclasses.replace(
+            snapshot.vms[0], stats=dataclasses.replace(snapshot.vms[0].stats, name="renamed")
+        )
+        collector.exposition = Exposition(
+            dataclasses.replace(snapshot, vms=(renamed, *snapshot.vms[1:]))
+        )
+        after = get(f"{url}/api/v1/vms").json()["vms"]
+        assert "renamed" in {vm["name"] for vm in after} and built == ["vms", "vms"]
