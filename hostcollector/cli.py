@@ -134,6 +134,7 @@ def _run(config: Config) -> int:
             return 2
         ssl_context = server_tls.context
         collector.watched_files["tls"] = server_tls.files
+        collector.tls_not_after = lambda: server_tls.not_after
     tune_gc()
     logging.getLogger("hostcollector").info(
         "hostcollector %s listening on %s://%s:%d/metrics, sources: %s, tokens: %s",

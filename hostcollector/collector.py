@@ -17,7 +17,7 @@ import gzip
 import platform
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -92,6 +92,7 @@ class _Inputs:
     libvirt_health: LibvirtHealth | None
     http_denied: tuple[tuple[str, int], ...]
     watched_files: tuple[tuple[str, int, int], ...]
+    tls_not_after: float | None
     remote_write: tuple[RemoteWriteStatus, ...]
 
 
@@ -140,6 +141,8 @@ class Collector:
         self.http_denied: Counter[str] = Counter()
         # Files the HTTP side re-reads on change (tokens, TLS certificates), for self-metrics.
         self.watched_files: dict[str, ReloadingFiles[Any]] = {}
+        # When the served TLS certificate expires (set by the HTTP side when TLS is on).
+        self.tls_not_after: Callable[[], float | None] = lambda: None
         self.remote_writer = (
             RemoteWriter(config.remote_write, lambda: self.exposition.snapshot)
             if config.remote_write.endpoints
@@ -209,6 +212,7 @@ class Collector:
             watched_files=tuple(
                 (name, f.reloads_total, f.errors_total) for name, f in self.watched_files.items()
             ),
+            tls_not_after=self.tls_not_after(),
             remote_write=self.remote_writer.status() if self.remote_writer else (),
         )
 
@@ -252,6 +256,7 @@ class Collector:
             nvml_driver_version=nvml.driver_version if nvml else None,
             http_denied=inputs.http_denied,
             watched_files=inputs.watched_files,
+            tls_certificate_not_after=inputs.tls_not_after,
             remote_write=inputs.remote_write,
         )
 

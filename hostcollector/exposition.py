@@ -388,6 +388,7 @@ def _render_self(w: _Writer, snapshot: Snapshot) -> None:
         families["file_reload_errors_total"],
         ((f'file="{name}"', errors) for name, _, errors in snapshot.watched_files),
     )
+    one("tls_certificate_expiry_timestamp_seconds", snapshot.tls_certificate_not_after)
     _render_remote_write(w, snapshot, families)
     one("snapshot_timestamp_seconds", snapshot.taken_at)
     one("exposition_series", w.series + 1)

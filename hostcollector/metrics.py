@@ -942,6 +942,11 @@ SELF_FAMILIES = (
         ("file",),
     ),
     _self_family(
+        "tls_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When the TLS certificate the server presents expires (Unix time); absent without TLS.",
+    ),
+    _self_family(
         "remote_write_queue_batches",
         "gauge",
         "Batches (one request each) waiting in the endpoint's on-disk queue.",

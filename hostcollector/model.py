@@ -356,3 +356,4 @@ class Snapshot:
     http_denied: tuple[tuple[str, int], ...] = ()
     # Files re-read on change (tokens, tls): (file, loads, rejected versions).
     watched_files: tuple[tuple[str, int, int], ...] = ()
+    tls_certificate_not_after: float | None = None  # None: no TLS

@@ -42,6 +42,11 @@ class ReloadingFiles(Generic[T]):
         self.last_success: float | None = None
         self.last_error: str | None = None
 
+    @property
+    def last_good(self) -> T:
+        """The value in force, without looking at the files."""
+        return self._value
+
     def current(self) -> T:
         if not self.paths:
             return self._value

@@ -10,12 +10,27 @@ already open keep the certificate they started with. A new set of files that doe
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 
+from hostcollector.certinfo import certificate_not_after
 from hostcollector.config import ServerTlsConfig
 from hostcollector.errors import ConfigError
 from hostcollector.reloading import ReloadingFiles
 
 RELOAD_CHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ServerCertificate:
+    context: ssl.SSLContext
+    not_after: float  # when the certificate served expires (Unix time)
+
+
+def load_server_certificate(config: ServerTlsConfig) -> ServerCertificate:
+    assert config.cert_file is not None
+    with open(config.cert_file, "rb") as handle:
+        not_after = certificate_not_after(handle.read())
+    return ServerCertificate(server_context(config), not_after)
 
 
 def server_context(config: ServerTlsConfig) -> ssl.SSLContext:
@@ -34,10 +49,10 @@ class ReloadingServerTls:
         paths = tuple(
             p for p in (config.cert_file, config.key_file, config.client_ca_file) if p is not None
         )
-        self._files: ReloadingFiles[ssl.SSLContext | None] = ReloadingFiles(
+        self._files: ReloadingFiles[ServerCertificate | None] = ReloadingFiles(
             "TLS certificate files",
             paths,
-            lambda: server_context(config),
+            lambda: load_server_certificate(config),
             None,
             min_check_seconds=RELOAD_CHECK_SECONDS,
         )
@@ -47,17 +62,23 @@ class ReloadingServerTls:
             raise ConfigError([f"listen.tls: {self._files.last_error}"])
         # The context the server listens with; its callback hands out the newest one. Its own
         # verify mode stays in force for every connection (OpenSSL keeps the first one's).
-        self.context = first
+        self.context = first.context
         self.context.sni_callback = self._select
 
     def _select(
         self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> None:
         current = self._files.current()
-        if current is not None and current is not connection.context:
-            connection.context = current
+        if current is not None and current.context is not connection.context:
+            connection.context = current.context
         return None
 
     @property
-    def files(self) -> ReloadingFiles[ssl.SSLContext | None]:
+    def files(self) -> ReloadingFiles[ServerCertificate | None]:
         return self._files
+
+    @property
+    def not_after(self) -> float | None:
+        """When the certificate now served expires (the last good one)."""
+        served = self._files.last_good
+        return served.not_after if served is not None else None

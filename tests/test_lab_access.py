@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.labkit import Daemon, pick, require_lab, run_daemon, wait_until
+from hostcollector.certinfo import certificate_not_after
+from tests.labkit import Daemon, one, pick, require_lab, run_daemon, wait_until
 from tests.pki import make_ca, make_cert
 from tests.receivers import PrometheusReceiver
 
@@ -112,6 +113,8 @@ def test_prometheus_sees_what_each_token_may_see(
         assert prometheus.query('hostcollector_build_info{job="sre"}', now) != []
         anonymous = prometheus.query('up{job="anonymous"}', now)
         assert [r["value"][1] for r in anonymous] == ["0"]
+        expiry = one(daemon.scrape(), "hostcollector_tls_certificate_expiry_timestamp_seconds")
+        assert expiry == certificate_not_after((pki / "server.pem").read_bytes())
         # The anonymous scrapes are counted (in the next snapshot the daemon renders).
         wait_until(
             lambda: pick(

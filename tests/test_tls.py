@@ -11,6 +11,7 @@ import pytest
 
 from hostcollector import tls
 from hostcollector.app import build_app
+from hostcollector.certinfo import certificate_not_after
 from hostcollector.collector import Collector
 from hostcollector.config import Config, ListenConfig, ServerTlsConfig
 from hostcollector.errors import ConfigError
@@ -83,6 +84,7 @@ def test_certificates_are_reloaded_when_the_files_change(live: Live, pki: Path) 
     (directory / "server.key").write_bytes((pki / "server2.key").read_bytes())
     assert served_cn(port, context) == "hostcollector-two"
     assert (server_tls.files.reloads_total, server_tls.files.errors_total) == (2, 1)
+    assert server_tls.not_after == certificate_not_after((pki / "server2.pem").read_bytes())
     assert get(f"{url}/metrics", context=context).status == 200
 
 
