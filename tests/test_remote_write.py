@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -13,13 +14,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from hostcollector.config import RemoteWriteConfig, RemoteWriteEndpointConfig
+from hostcollector.config import ClientTlsConfig, RemoteWriteConfig, RemoteWriteEndpointConfig
 from hostcollector.exposition import series
+from hostcollector.remote_write import sender as sender_module
 from hostcollector.remote_write import writer as writer_module
 from hostcollector.remote_write.protocol import encode_timeseries, parse_labels
 from hostcollector.remote_write.queue import DiskQueue, NewBatch
 from hostcollector.remote_write.writer import RemoteWriter
 from tests.conftest import load_raw
+from tests.pki import make_ca, make_cert
 from tests.receivers import PrometheusReceiver, TenantGateway, VictoriaMetricsReceiver
 from tests.remote_write_decode import decode_write_request, is_stale
 from tests.served import serve
@@ -329,3 +332,63 @@ def test_close_lets_a_request_in_flight_finish_and_cuts_backoffs_short(tmp_path:
     assert slow_status.queue_batches == 0 and slow_status.samples_sent_total > 0
     assert down_status.queue_batches == 1 and "HTTP 503" in (down_status.last_error or "")
     assert 0.5 < took < 3.0  # waited for the request, not for the 503's backoff
+
+
+def test_a_rotated_client_certificate_is_used_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An mTLS store sees the new client certificate after its files are replaced."""
+    monkeypatch.setattr(sender_module, "TLS_CHECK_SECONDS", 0.0)
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_ca(pki)
+    make_cert(pki, "store", "store", server=True)
+    for name in ("one", "two"):
+        make_cert(pki, name, f"hostcollector-{name}", server=False)
+    store_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.pem"))
+    store_context.load_cert_chain(pki / "store.pem", pki / "store.key")
+    store_context.verify_mode = ssl.CERT_REQUIRED
+    seen: list[str] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        await request.read()
+        assert request.transport is not None
+        subject = dict(item[0] for item in request.transport.get_extra_info("peercert")["subject"])
+        seen.append(subject["commonName"])
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/write", receive)
+    for suffix in ("pem", "key"):
+        (tmp_path / f"client.{suffix}").write_bytes((pki / f"one.{suffix}").read_bytes())
+    snapshot = snapshot_from_raw()
+    with serve(app, ssl_context=store_context) as url:
+        config = RemoteWriteConfig(
+            queue_dir=str(tmp_path / "queue"),
+            endpoints=(
+                RemoteWriteEndpointConfig(
+                    name="mtls",
+                    url=f"{url}/write",
+                    tls=ClientTlsConfig(
+                        str(pki / "ca.pem"),
+                        str(tmp_path / "client.pem"),
+                        str(tmp_path / "client.key"),
+                    ),
+                ),
+            ),
+        )
+
+        async def run() -> None:
+            writer = RemoteWriter(config, lambda: snapshot)
+            try:
+                await deliver(writer, [1000])
+                for suffix in ("pem", "key"):
+                    (tmp_path / f"client.{suffix}").write_bytes(
+                        (pki / f"two.{suffix}").read_bytes()
+                    )
+                await deliver(writer, [2000])
+            finally:
+                await writer.close()
+
+        asyncio.run(run())
+    assert seen == ["hostcollector-one", "hostcollector-two"]

@@ -21,6 +21,7 @@ import aiohttp
 from hostcollector import __version__
 from hostcollector.config import TENANT_ID, TENANT_PLACEHOLDER, RemoteWriteEndpointConfig
 from hostcollector.model import RemoteWriteStatus
+from hostcollector.reloading import ReloadingFiles
 from hostcollector.remote_write.protocol import CONTENT_ENCODING, CONTENT_TYPE, VERSION_HEADER
 from hostcollector.remote_write.queue import Batch, DiskQueue
 
@@ -30,6 +31,8 @@ BACKOFF_MAX_SECONDS = 30.0
 MAX_RETRY_AFTER_SECONDS = 300.0
 # On shutdown, how long requests in flight may take to finish (systemd waits 90 s by default).
 CLOSE_GRACE_SECONDS = 5.0
+# How often the endpoint's TLS files are checked for a change, at most.
+TLS_CHECK_SECONDS = 5.0
 
 
 class Retry(Exception):
@@ -42,13 +45,35 @@ class Rejected(Exception):
     pass
 
 
-def client_ssl_context(config: RemoteWriteEndpointConfig) -> ssl.SSLContext | None:
-    if not config.url.startswith("https://"):
-        return None
+def client_ssl_context(config: RemoteWriteEndpointConfig) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=config.tls.ca_file)
     if config.tls.cert_file and config.tls.key_file:
         context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
     return context
+
+
+class ClientTls:
+    """The endpoint's TLS settings, re-read when the CA, certificate or key file changes (a
+    client certificate rotated every few weeks must not need a restart). A new set that does
+    not load is rejected and the last good one kept; with none ever loaded, sends fail (and
+    are retried) with the reason."""
+
+    def __init__(self, config: RemoteWriteEndpointConfig) -> None:
+        tls = config.tls
+        paths = tuple(p for p in (tls.ca_file, tls.cert_file, tls.key_file) if p is not None)
+        self._files: ReloadingFiles[ssl.SSLContext | None] = ReloadingFiles(
+            f"remote write {config.name}: TLS files",
+            paths,
+            lambda: client_ssl_context(config),
+            None if paths else client_ssl_context(config),
+            min_check_seconds=TLS_CHECK_SECONDS,
+        )
+
+    def context(self) -> ssl.SSLContext:
+        current = self._files.current()
+        if current is None:
+            raise Retry(f"no usable TLS files: {self._files.last_error}")
+        return current
 
 
 class EndpointSender:
@@ -59,7 +84,7 @@ class EndpointSender:
         self.failed_total = 0
         self.last_success: float | None = None
         self.last_error: str | None = None
-        self._ssl = client_ssl_context(config)
+        self._tls = ClientTls(config) if config.url.startswith("https://") else None
         self._session: aiohttp.ClientSession | None = None
         self._lanes: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -155,7 +180,7 @@ class EndpointSender:
                 raise Retry(f"cannot read bearer_token_file: {exc.strerror}") from exc
         try:
             async with self.session().post(
-                url, data=body, headers=headers, ssl=self._ssl if self._ssl else True
+                url, data=body, headers=headers, ssl=self._tls.context() if self._tls else True
             ) as response:
                 if 200 <= response.status < 300:
                     return
