@@ -20,7 +20,7 @@ from hostcollector.model import Snapshot
 PREFIX = "/api/v1"
 # Set by the auth middleware on every request it lets through.
 SCOPE = web.RequestKey("scope", Scope)
-SNAPSHOT_KEY = web.RequestKey("snapshot", Snapshot)
+SNAPSHOT = web.RequestKey("snapshot", Snapshot)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -77,7 +77,7 @@ def _scope(request: web.Request) -> Scope:
 
 
 def _snapshot(request: web.Request) -> Snapshot:
-    return request[SNAPSHOT_KEY]
+    return request[SNAPSHOT]
 
 
 def _params(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
@@ -136,8 +136,7 @@ async def list_vms(request: web.Request) -> web.Response:
 
 
 async def one_vm(request: web.Request) -> web.Response:
-    params = _params(request, ())
-    del params
+    _params(request, ())
     uuid = request.match_info["uuid"].lower()
     snapshot = _snapshot(request)
     detail = views.vm_detail(snapshot, uuid, _scope(request).tenant)

@@ -58,7 +58,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def landing(request: web.Request) -> web.Response:
     if request[api.SCOPE].tenant is not None:
         return web.Response(status=403, text="403: a tenant-scoped token; try /api/v1/vms\n")
-    snapshot = request[api.SNAPSHOT_KEY]
+    snapshot = request[api.SNAPSHOT]
     rows = "".join(
         f"<tr><td>{html.escape(s.name)}</td><td>{'up' if s.up else 'down'}</td>"
         f"<td>{html.escape(s.last_error or '')}</td></tr>"
@@ -101,7 +101,7 @@ async def authenticate(request: web.Request, handler: api.Handler) -> web.Stream
             return _deny(request, "invalid", "the token is not valid")
         request[api.SCOPE] = scope
     # One snapshot per request, even if a newer one is published while it is answered.
-    request[api.SNAPSHOT_KEY] = request.app[COLLECTOR].exposition.snapshot
+    request[api.SNAPSHOT] = request.app[COLLECTOR].exposition.snapshot
     response = await handler(request)
     if response.status == 403:
         request.app[COLLECTOR].http_denied["scope"] += 1

@@ -37,7 +37,7 @@ MAX_SERIES_PER_BATCH = 10_000
 
 def snapshot_ready(snapshot: Snapshot) -> bool:
     """Every source has answered at least once: a daemon just started has nothing to send yet
-    (sending its empty snapshot would mark every series stale)."""
+    (its first snapshot has no VM: a tick of it would be a tick of nothing but self-metrics)."""
     return all(s.polls_total > 0 for s in snapshot.sources)
 
 
