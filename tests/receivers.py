@@ -106,7 +106,28 @@ def _close_all() -> None:
             thing.close()
 
 
-class Receiver:
+class _Started:
+    """`with X(...) as x`: started on entry, closed on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Receiver(_Started):
     """One receiver process, with its data directory, log file and port kept across restarts."""
 
     kind: ClassVar[str]
@@ -218,17 +239,6 @@ class Receiver:
     def close(self) -> None:
         """Stop for good (the directory stays for post-mortems)."""
         self.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url}, {self.directory})"
@@ -362,7 +372,7 @@ class VictoriaMetricsReceiver(Receiver):
             pass
 
 
-class TenantGateway:
+class TenantGateway(_Started):
     """The tenancy contract of a Mimir / Cortex distributor, in front of one receiver per tenant.
 
     * `POST /api/v1/push` with the tenant in `X-Scope-OrgID` (no header: 401 "no org id"),
@@ -478,14 +488,3 @@ class TenantGateway:
             self._loop = self._thread = None
             with _LIVE_LOCK:
                 _LIVE.discard(self)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
