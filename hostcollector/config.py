@@ -234,8 +234,9 @@ class AttributionConfig:
         return found
 
 
-# Tenant ids a store accepts in a header or URL (Grafana Mimir's rule, the strictest common one).
-TENANT_ID = re.compile(r"^[A-Za-z0-9!._*'()-]{1,150}$")
+# Tenant ids a store accepts in a header or URL (Grafana Mimir's rule, the strictest common one;
+# ":" too, for VictoriaMetrics cluster's "accountID:projectID").
+TENANT_ID = re.compile(r"^[A-Za-z0-9!._*'():-]{1,150}$")
 TENANT_PLACEHOLDER = "{tenant}"
 # Headers the sender sets itself.
 RESERVED_HEADERS = frozenset(
@@ -266,6 +267,10 @@ class RemoteWriteEndpointConfig:
     # series, the tenant put where the store expects it by {tenant} in the url or a header.
     split_by_tenant: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    # JSON {"<tenant_id>": "<the store's name for it>"} for a store that names tenants its own
+    # way (VictoriaMetrics cluster: a numeric account id, "42" or "42:7"), re-read when it
+    # changes. A tenant not in it waits in the queue until it is there.
+    tenant_ids_file: str | None = None
     # File holding a bearer token for the endpoint (read at each request: rotation is a write).
     bearer_token_file: str | None = None
     tls: ClientTlsConfig = field(default_factory=ClientTlsConfig)
@@ -290,6 +295,8 @@ class RemoteWriteEndpointConfig:
             )
         if not self.split_by_tenant and named:
             found.append("{tenant} is only meaningful with split_by_tenant: true")
+        if self.tenant_ids_file is not None and not self.split_by_tenant:
+            found.append("tenant_ids_file: only meaningful with split_by_tenant: true")
         for text in templated:
             if "{" in text.replace(TENANT_PLACEHOLDER, "") or "}" in text.replace(
                 TENANT_PLACEHOLDER, ""

@@ -99,3 +99,55 @@ def test_check_config_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "listen.port: expected an integer, got 'x'" in err
     assert main(["check-config", str(tmp_path / "missing.yml")]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_remote_write_endpoints_are_checked() -> None:
+    text = """
+remote_write:
+  endpoints:
+    - {name: sre, url: "https://prom/api/v1/write"}
+    - {name: tenants, url: "https://mimir/api/v1/push", split_by_tenant: true,
+       headers: {X-Scope-OrgID: "{tenant}"}, tenant_ids_file: /etc/hostcollector/ids.json}
+"""
+    config = parse_config(text)
+    assert [e.split_by_tenant for e in config.remote_write.endpoints] == [False, True]
+    bad = """
+remote_write:
+  endpoints:
+    - {name: a-b, url: "ftp://x"}
+    - {name: mixed, url: "https://x/", split_by_tenant: true}
+    - {name: stray, url: "https://x/{tenant}", tenant_ids_file: ids.json}
+    - {name: odd, url: "https://x/{tenant}/{org}", split_by_tenant: true,
+       headers: {Content-Type: "x", X-Evil: "a\\r\\nb"}}
+    - {name: odd, url: "https://x/"}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(bad)
+    assert caught.value.problems == [
+        "remote_write.endpoints[0].name: letters, digits and _ only (it is a label value and a directory)",
+        "remote_write.endpoints[0].url: must start with http:// or https://",
+        "remote_write.endpoints[1].split_by_tenant: put {tenant} in the url or a header "
+        "(e.g. X-Scope-OrgID), or every tenant's series would land in one tenant space",
+        "remote_write.endpoints[2].{tenant} is only meaningful with split_by_tenant: true",
+        "remote_write.endpoints[2].tenant_ids_file: only meaningful with split_by_tenant: true",
+        "remote_write.endpoints[3].'https://x/{tenant}/{org}': the only placeholder is {tenant}",
+        "remote_write.endpoints[3].headers.Content-Type: not a header name hostcollector can set",
+        "remote_write.endpoints[3].headers.X-Evil: control characters in the value",
+    ]
+    # The section's own checks run once its endpoints are well formed.
+    assert problems_of(
+        "remote_write: {interval_seconds: 0.5, endpoints: [{name: a, url: 'http://x'}, "
+        "{name: a, url: 'http://y'}]}"
+    ) == [
+        "remote_write.interval_seconds: must be at least 1",
+        "remote_write.endpoints: names must be unique",
+    ]
+
+
+def test_tls_and_auth_are_checked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("listen: {tls: {cert_file: /a.pem}}\nauth: {tokens_file: 3}\n")
+    assert caught.value.problems == [
+        "listen.tls.cert_file and key_file: set both or neither",
+        "auth.tokens_file: expected a string, got 3",
+    ]

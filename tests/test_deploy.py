@@ -676,6 +676,7 @@ def test_role_deploys_tokens_and_remote_write(deployed: Deployment, tmp_path: Pa
             "url": f"http://127.0.0.1:{closed}/api/v1/push",
             "split_by_tenant": True,
             "headers": {"X-Scope-OrgID": "{tenant}"},
+            "tenant_ids_file": str(deployed.root / "tenant-ids.json"),
             "tls": {"ca_file": None},
             "timeout_seconds": 5,
             "max_queue_bytes": 64 * 1024 * 1024,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import threading
 import time
@@ -392,3 +393,50 @@ def test_a_rotated_client_certificate_is_used_without_a_restart(
 
         asyncio.run(run())
     assert seen == ["hostcollector-one", "hostcollector-two"]
+
+
+@pytest.mark.slow
+def test_a_store_that_names_tenants_its_own_way_gets_their_ids_from_a_map(
+    receivers: dict[str, object], tmp_path: Path
+) -> None:
+    """VictoriaMetrics cluster takes a numeric account id: tenant -> id from a file, and a
+    tenant not in it yet waits in the queue (nothing lost, nothing sent to a wrong space)."""
+    acme, globex = receivers["acme"], receivers["globex"]
+    assert isinstance(acme, VictoriaMetricsReceiver) and isinstance(globex, VictoriaMetricsReceiver)
+    ids = tmp_path / "tenant-ids.json"
+    ids.write_text(json.dumps({ACME: "1"}))
+    snapshot = snapshot_from_raw()
+    now_ms = int(time.time() * 1000)
+    with TenantGateway({"1": acme.write_url, "2:0": globex.write_url}) as gateway:
+        config = RemoteWriteConfig(
+            queue_dir=str(tmp_path / "queue"),
+            endpoints=(
+                RemoteWriteEndpointConfig(
+                    name="cluster",
+                    url=gateway.url + "/tenants/{tenant}/api/v1/write",
+                    split_by_tenant=True,
+                    tenant_ids_file=str(ids),
+                ),
+            ),
+        )
+
+        async def run() -> tuple[Any, Any]:
+            writer = RemoteWriter(config, lambda: snapshot)
+            try:
+                await writer.tick(snapshot, now_ms)
+                await asyncio.sleep(1.5)
+                waiting = writer.status()[0]
+                ids.write_text(json.dumps({ACME: "1", GLOBEX: "2:0"}))
+                await deliver(writer, [])
+                return waiting, writer.status()[0]
+            finally:
+                await writer.close()
+
+        waiting, done = asyncio.run(run())
+        assert gateway.forwarded == {"1": 1, "2:0": 1} and gateway.unknown_tenants == []
+    assert waiting.queue_batches == 1 and waiting.samples_failed_total == 0
+    assert f"tenant {GLOBEX} is not in" in (waiting.last_error or "")
+    assert done.queue_batches == 0 and done.samples_dropped_by_reason == ()
+    for tenant, store in ((ACME, acme), (GLOBEX, globex)):
+        got = store.samples('{__name__=~".+"}', now_ms / 1000 - 1, now_ms / 1000 + 1)
+        assert got and {dict(k)["tenant_id"] for k in got} == {tenant}

@@ -17,11 +17,12 @@ from collections import Counter
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 
 from hostcollector import __version__
 from hostcollector.config import TENANT_ID, TENANT_PLACEHOLDER, RemoteWriteEndpointConfig
 from hostcollector.model import RemoteWriteStatus
-from hostcollector.reloading import ReloadingFiles
+from hostcollector.reloading import ReloadingFiles, read_bytes
 from hostcollector.remote_write.protocol import CONTENT_ENCODING, CONTENT_TYPE, VERSION_HEADER
 from hostcollector.remote_write.queue import Batch, DiskQueue
 
@@ -43,6 +44,10 @@ class Retry(Exception):
 
 class Rejected(Exception):
     pass
+
+
+class Unmapped(Retry):
+    """The tenant has no entry in the tenant_ids_file yet: nothing was sent."""
 
 
 def client_ssl_context(config: RemoteWriteEndpointConfig) -> ssl.SSLContext:
@@ -76,6 +81,20 @@ class ClientTls:
         return current
 
 
+def parse_tenant_ids(data: bytes) -> dict[str, str]:
+    """A tenant_ids_file: {"<tenant_id>": "<store tenant>"}; ValueError naming what is wrong."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError("expected an object of tenant id -> the store's tenant")
+    bad = [k for k, v in document.items() if not isinstance(v, str) or not TENANT_ID.match(v)]
+    if bad:
+        raise ValueError(f"store tenants must be 1-150 of A-Z a-z 0-9 !._*'():- (for {bad[:5]})")
+    return {str(k): str(v) for k, v in document.items()}
+
+
 class EndpointSender:
     def __init__(self, config: RemoteWriteEndpointConfig, queue: DiskQueue) -> None:
         self.config = config
@@ -85,6 +104,18 @@ class EndpointSender:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self._tls = ClientTls(config) if config.url.startswith("https://") else None
+        path = config.tenant_ids_file
+        self._tenant_ids: ReloadingFiles[dict[str, str]] | None = (
+            ReloadingFiles(
+                f"remote write {config.name}: tenant_ids_file {path}",
+                (path,),
+                lambda: parse_tenant_ids(read_bytes(path)),
+                {},
+                min_check_seconds=1.0,
+            )
+            if path
+            else None
+        )
         self._session: aiohttp.ClientSession | None = None
         self._lanes: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -118,17 +149,19 @@ class EndpointSender:
             if tenant and not TENANT_ID.match(tenant):
                 log.warning(
                     "remote write %s: tenant id %r cannot be sent (a store takes 1-150 of "
-                    "A-Z a-z 0-9 !._*'()-); its samples are dropped",
+                    "A-Z a-z 0-9 !._*'():-); its samples are dropped",
                     self.config.name,
                     tenant,
                 )
                 self.queue.drop(batch, "invalid_tenant")
                 continue
             try:
+                store_tenant = self._store_tenant(tenant)
                 async with self._slots:
-                    await self._send(batch)
+                    await self._send(batch, store_tenant)
             except Retry as exc:
-                self.failed_total += batch.samples
+                if not isinstance(exc, Unmapped):
+                    self.failed_total += batch.samples
                 self.failed(str(exc))
                 # The backoff, cut short by close(): a waiting lane has nothing in flight.
                 with contextlib.suppress(TimeoutError):
@@ -159,10 +192,20 @@ class EndpointSender:
             log.warning("remote write %s: %s", self.config.name, message)
         self.last_error = message
 
-    async def _send(self, batch: Batch) -> None:
+    def _store_tenant(self, tenant: str) -> str:
+        """How the store names the tenant: itself, or its entry in the tenant_ids_file."""
+        if self._tenant_ids is None or not tenant:
+            return tenant
+        mapped = self._tenant_ids.current().get(tenant)
+        if mapped is None:
+            # Kept queued, not dropped: the control plane may not have written it yet.
+            raise Unmapped(f"tenant {tenant} is not in {self.config.tenant_ids_file} yet")
+        return mapped
+
+    async def _send(self, batch: Batch, tenant: str) -> None:
+        """POST one batch; `tenant` is the store's name for the batch's tenant."""
         body = await asyncio.to_thread(self.queue.read, batch)
-        tenant = batch.tenant
-        url = self.config.url.replace(TENANT_PLACEHOLDER, quote(tenant, safe=""))
+        url = self.config.url.replace(TENANT_PLACEHOLDER, quote(tenant, safe=":"))
         headers = {
             "Content-Type": CONTENT_TYPE,
             "Content-Encoding": CONTENT_ENCODING,
