@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both set up what they need.
-.PHONY: bootstrap lab lab-down run test lint unit dump readme-table bench bench-synthetic bench-scale bench-hung bench-lab test-deploy
+.PHONY: bootstrap lab lab-down run test lint unit dump readme-table bench bench-synthetic bench-scale bench-hung bench-lab bench-access test-deploy
 SHELL := /bin/bash
 VENV := .venv/bin
 
@@ -51,7 +51,7 @@ readme-table: bootstrap
 	i, j = s.index(a) + len(a), s.index(b); p.write_text(s[:i] + metrics_table() + s[j:])'
 
 # Benchmarks write reports to bench-results/; they assert nothing. `make bench` runs them all.
-bench: bench-synthetic bench-scale bench-hung bench-lab
+bench: bench-synthetic bench-scale bench-hung bench-lab bench-access
 
 # 1,000-5,000 VMs with VFs and vGPUs, backends replaced at their boundary only.
 bench-synthetic: bootstrap
@@ -65,6 +65,11 @@ bench-scale: bootstrap
 	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null
 	tests/lab/up.sh
 	$(VENV)/python tests/bench/real_scale.py
+
+# The JSON API and bearer tokens on the HTTP side, 1,000 VMs (no lab needed).
+bench-access: bootstrap
+	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null
+	$(VENV)/python tests/bench/access.py
 
 # What the collector costs per poll and per scrape on the lab.
 bench-lab: bootstrap

@@ -7,6 +7,7 @@ for anything the caller got wrong. A source being down is data (GET /api/v1/sour
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,27 +34,43 @@ def json_response(document: Any, status: int = 200) -> web.Response:
     )
 
 
-class AnswerCache:
-    """The current snapshot's list answers, each built once: listing 1,000 VMs costs ~8 ms of
-    the event loop (in which no scrape is answered), and `top` asks every 2 s per viewer."""
+def wants_gzip(accept_encoding: str) -> bool:
+    return any(part.split(";")[0].strip() == "gzip" for part in accept_encoding.split(","))
 
-    MAX_ANSWERS = 256  # distinct (endpoint, tenant, filter) answers kept per snapshot
+
+class AnswerCache:
+    """The current snapshot's list answers, each built once (and gzipped once, for clients
+    that ask): listing 1,000 VMs costs ~7 ms of the event loop (in which no scrape is
+    answered) and 1.4 MB, and `top` asks every 2 s per viewer."""
+
+    MAX_ANSWERS = 256  # distinct (endpoint, tenant, filter, encoding) answers per snapshot
 
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
         self._bodies: dict[tuple[str | None, ...], bytes] = {}
 
     def response(
-        self, snapshot: Snapshot, key: tuple[str | None, ...], build: Callable[[], Any]
+        self, request: web.Request, key: tuple[str | None, ...], build: Callable[[], Any]
     ) -> web.Response:
+        snapshot = request[SNAPSHOT]
         if snapshot is not self._snapshot:
             self._snapshot, self._bodies = snapshot, {}
-        body = self._bodies.get(key)
+        gzipped = wants_gzip(request.headers.get("Accept-Encoding", ""))
+        body = self._bodies.get((*key, "gzip") if gzipped else key)
         if body is None:
-            body = orjson.dumps(build(), option=orjson.OPT_NON_STR_KEYS)
-            if len(self._bodies) < self.MAX_ANSWERS:
-                self._bodies[key] = body
-        return web.Response(body=body, content_type="application/json")
+            body = self._bodies.get(key) or orjson.dumps(build(), option=orjson.OPT_NON_STR_KEYS)
+            self._keep(key, body)
+            if gzipped:
+                body = gzip.compress(body, compresslevel=1)
+                self._keep((*key, "gzip"), body)
+        response = web.Response(body=body, content_type="application/json")
+        if gzipped:
+            response.headers["Content-Encoding"] = "gzip"
+        return response
+
+    def _keep(self, key: tuple[str | None, ...], body: bytes) -> None:
+        if len(self._bodies) < self.MAX_ANSWERS:
+            self._bodies[key] = body
 
 
 ANSWERS = web.AppKey("answers", AnswerCache)
@@ -129,7 +146,7 @@ async def list_vms(request: web.Request) -> web.Response:
         )
     snapshot, tenant = _snapshot(request), _tenant(request, params)
     return request.app[ANSWERS].response(
-        snapshot,
+        request,
         ("vms", tenant, state),
         lambda: _envelope(snapshot, vms=views.vms(snapshot, tenant, state)),
     )
@@ -150,7 +167,7 @@ async def list_gpus(request: web.Request) -> web.Response:
     params = _params(request, ("tenant",))
     snapshot, tenant = _snapshot(request), _tenant(request, params)
     return request.app[ANSWERS].response(
-        snapshot, ("gpus", tenant), lambda: _envelope(snapshot, gpus=views.gpus(snapshot, tenant))
+        request, ("gpus", tenant), lambda: _envelope(snapshot, gpus=views.gpus(snapshot, tenant))
     )
 
 
@@ -158,7 +175,7 @@ async def list_vfs(request: web.Request) -> web.Response:
     params = _params(request, ("tenant",))
     snapshot, tenant = _snapshot(request), _tenant(request, params)
     return request.app[ANSWERS].response(
-        snapshot, ("vfs", tenant), lambda: _envelope(snapshot, vfs=views.vfs(snapshot, tenant))
+        request, ("vfs", tenant), lambda: _envelope(snapshot, vfs=views.vfs(snapshot, tenant))
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from hostcollector import __version__, api
+from hostcollector.api import wants_gzip
 from hostcollector.auth import ALL, TokenFile, bearer_token
 from hostcollector.collector import Collector
 from hostcollector.config import Config
@@ -28,10 +29,6 @@ def wants_openmetrics(accept: str) -> bool:
     # Prometheus asks for OpenMetrics first when it can parse it; like client_python, serve it
     # whenever it is named at all.
     return "application/openmetrics-text" in accept
-
-
-def wants_gzip(accept_encoding: str) -> bool:
-    return any(part.split(";")[0].strip() == "gzip" for part in accept_encoding.split(","))
 
 
 async def metrics(request: web.Request) -> web.Response:

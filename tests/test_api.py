@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import logging
 import time
@@ -233,3 +234,11 @@ def test_answers_are_built_once_per_snapshot_and_follow_a_new_one() -> None:
         )
         after = get(f"{url}/api/v1/vms").json()["vms"]
         assert "renamed" in {vm["name"] for vm in after} and built == ["vms", "vms"]
+
+
+def test_lists_are_gzipped_for_clients_that_ask(open_api: str) -> None:
+    plain = get(f"{open_api}/api/v1/vms")
+    packed = get(f"{open_api}/api/v1/vms", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in plain.headers
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(packed.body) == plain.body and len(packed.body) < len(plain.body) / 3

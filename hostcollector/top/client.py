@@ -3,6 +3,7 @@ every failure is a `FetchError` (shown on screen, retried next refresh), never a
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import ssl
 import time
@@ -81,13 +82,19 @@ def make_client(
 
 
 def _request(client: Client, path: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(client.url + path, headers={"Accept": "application/json"})
+    # gzip: a 1,000-VM list is 1.4 MB, ~10x less compressed, for a viewer on another host.
+    request = urllib.request.Request(
+        client.url + path, headers={"Accept": "application/json", "Accept-Encoding": "gzip"}
+    )
     if client.token:
         # Unredirected: if the server ever redirected elsewhere, the token would not follow.
         request.add_unredirected_header("Authorization", f"Bearer {client.token}")
     try:
         with urllib.request.urlopen(request, timeout=client.timeout, context=client.context) as r:
-            return int(r.status), bytes(r.read())
+            body = bytes(r.read())
+            if r.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            return int(r.status), body
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, _read_quietly(exc)

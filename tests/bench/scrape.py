@@ -11,10 +11,14 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 _LINE = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([0-9.]+)(us|ms|s|m)\s*$")
 
 
-def wrk_command(url: str, connections: int, seconds: int) -> list[str]:
+def wrk_command(
+    url: str, connections: int, seconds: int, headers: tuple[str, ...] = ()
+) -> list[str]:
+    """`headers`: more "Name: value" headers (e.g. Authorization)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("apt-get install wrk first (the make bench targets do)")
+    extra = [arg for header in headers for arg in ("-H", header)]
     return [
         wrk,
         "-t1",
@@ -25,6 +29,7 @@ def wrk_command(url: str, connections: int, seconds: int) -> list[str]:
         "--latency",
         "-H",
         "Accept-Encoding: gzip",
+        *extra,
         url,
     ]
 
