@@ -181,4 +181,9 @@ def sources(snapshot: Snapshot, now: float | None = None) -> Document:
         "tenant_map": snapshot.tenant_map,
         "nvml_available": snapshot.nvml_available,
         "remote_write": snapshot.remote_write,
+        "files": [
+            {"file": name, "reloads_total": loads, "errors_total": errors}
+            for name, loads, errors in snapshot.watched_files
+        ],
+        "tls_certificate_not_after": snapshot.tls_certificate_not_after,
     }

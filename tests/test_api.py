@@ -102,6 +102,7 @@ def test_tenants_and_sources(open_api: str) -> None:
     assert sources["sources"][0]["errors_by_reason"] == {"timeout": 1}
     assert sources["libvirt"]["quarantined_vms"] == 1
     assert sources["tenant_map"]["configured"] is False
+    assert sources["files"] == [] and sources["tls_certificate_not_after"] is None
 
 
 @pytest.mark.parametrize(
@@ -206,8 +207,10 @@ def test_token_file_reloads_and_rejections_are_self_metrics(tokens_file: Path) -
         assert get(f"{url}/api/v1/vms", token=SRE_TOKEN).status == 200  # the last good file
         collector.refresh()
         text = get(f"{url}/metrics", token=SRE_TOKEN).body.decode()
+        sources = get(f"{url}/api/v1/sources", token=SRE_TOKEN).json()
     assert 'hostcollector_file_reloads_total{file="tokens"} 1' in text
     assert 'hostcollector_file_reload_errors_total{file="tokens"} 1' in text
+    assert sources["files"] == [{"file": "tokens", "reloads_total": 1, "errors_total": 1}]
 
 
 def test_answers_are_built_once_per_snapshot_and_follow_a_new_one() -> None:
