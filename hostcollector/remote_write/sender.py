@@ -13,20 +13,21 @@ import contextlib
 import logging
 import ssl
 import time
-from collections import Counter
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import quote
 
 import aiohttp
-import orjson
 
 from hostcollector import __version__
 from hostcollector.config import TENANT_ID, TENANT_PLACEHOLDER, RemoteWriteEndpointConfig
 from hostcollector.model import RemoteWriteStatus
-from hostcollector.reloading import ReloadingFiles, read_bytes
+from hostcollector.reloading import ReloadingFiles, json_object, read_bytes
 from hostcollector.remote_write.protocol import CONTENT_ENCODING, CONTENT_TYPE, VERSION_HEADER
 from hostcollector.remote_write.queue import Batch, DiskQueue
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 BACKOFF_MIN_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 MAX_RETRY_AFTER_SECONDS = 300.0
@@ -83,12 +84,7 @@ class ClientTls:
 
 def parse_tenant_ids(data: bytes) -> dict[str, str]:
     """A tenant_ids_file: {"<tenant_id>": "<store tenant>"}; ValueError naming what is wrong."""
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise ValueError("expected an object of tenant id -> the store's tenant")
+    document = json_object(data, "top level must be an object of tenant id -> the store's tenant")
     bad = [k for k, v in document.items() if not isinstance(v, str) or not TENANT_ID.match(v)]
     if bad:
         raise ValueError(f"store tenants must be 1-150 of A-Z a-z 0-9 !._*'():- (for {bad[:5]})")
@@ -104,17 +100,13 @@ class EndpointSender:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self._tls = ClientTls(config) if config.url.startswith("https://") else None
-        path = config.tenant_ids_file
-        self._tenant_ids: ReloadingFiles[dict[str, str]] | None = (
-            ReloadingFiles(
-                f"remote write {config.name}: tenant_ids_file {path}",
-                (path,),
-                lambda: parse_tenant_ids(read_bytes(path)),
-                {},
-                min_check_seconds=1.0,
-            )
-            if path
-            else None
+        no_ids: dict[str, str] = {}
+        self._tenant_ids = _watched(
+            config.tenant_ids_file, "tenant_ids_file", config, parse_tenant_ids, no_ids
+        )
+        # Read when it changes, not at each request: a catch-up sends hundreds of batches.
+        self._bearer_token = _watched(
+            config.bearer_token_file, "bearer_token_file", config, _token, ""
         )
         self._session: aiohttp.ClientSession | None = None
         self._lanes: dict[str, asyncio.Task[None]] = {}
@@ -215,12 +207,11 @@ class EndpointSender:
         headers |= {
             k: v.replace(TENANT_PLACEHOLDER, tenant) for k, v in self.config.headers.items()
         }
-        if self.config.bearer_token_file:
-            try:
-                with open(self.config.bearer_token_file, encoding="utf-8") as handle:
-                    headers["Authorization"] = f"Bearer {handle.read().strip()}"
-            except OSError as exc:
-                raise Retry(f"cannot read bearer_token_file: {exc.strerror}") from exc
+        if self._bearer_token is not None:
+            token = self._bearer_token.current()
+            if not token:
+                raise Retry(f"no bearer token: {self._bearer_token.last_error}")
+            headers["Authorization"] = f"Bearer {token}"
         try:
             async with self.session().post(
                 url, data=body, headers=headers, ssl=self._tls.context() if self._tls else True
@@ -259,7 +250,7 @@ class EndpointSender:
             oldest_sample_timestamp_seconds=None if oldest is None else oldest / 1000,
             samples_sent_total=self.sent_total,
             samples_failed_total=self.failed_total,
-            samples_dropped_by_reason=tuple(sorted(Counter(self.queue.dropped).items())),
+            samples_dropped_by_reason=tuple(sorted(self.queue.dropped.items())),
             last_success_timestamp_seconds=self.last_success,
             last_error=self.last_error,
         )
@@ -277,6 +268,32 @@ class EndpointSender:
             await asyncio.gather(*lanes, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+
+
+def _watched(
+    path: str | None,
+    option: str,
+    config: RemoteWriteEndpointConfig,
+    parse: Callable[[bytes], T],
+    empty: T,
+) -> ReloadingFiles[T] | None:
+    """One of the endpoint's files, re-read when it changes (checked at most once a second)."""
+    if path is None:
+        return None
+    return ReloadingFiles(
+        f"remote write {config.name}: {option} {path}",
+        (path,),
+        lambda: parse(read_bytes(path)),
+        empty,
+        min_check_seconds=1.0,
+    )
+
+
+def _token(data: bytes) -> str:
+    token = data.decode("utf-8").strip()
+    if not token:
+        raise ValueError("the file is empty")
+    return token
 
 
 def _retry_after(value: str | None) -> float | None:

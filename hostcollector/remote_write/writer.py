@@ -86,16 +86,11 @@ class RemoteWriter:
 
     async def tick(self, snapshot: Snapshot, timestamp_ms: int) -> None:
         loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(self._thread, self.encode, snapshot, timestamp_ms)
+        whole, split = await loop.run_in_executor(
+            self._thread, self._batches, snapshot, timestamp_ms
+        )
         for sender in self.senders:
-            parts: Mapping[str, list[bytes]] = (
-                encoded.by_tenant if sender.config.split_by_tenant else {"": encoded.all}
-            )
-            batches = [
-                NewBatch(tenant, len(chunk), timestamp_ms, timestamp_ms, compress(b"".join(chunk)))
-                for tenant, items in parts.items()
-                for chunk in _chunks(items)
-            ]
+            batches = split if sender.config.split_by_tenant else whole
             try:
                 written = await loop.run_in_executor(self._thread, sender.queue.write, batches)
             except OSError as exc:  # a full or read-only disk: this tick is lost, not the daemon
@@ -104,6 +99,22 @@ class RemoteWriter:
                 continue
             sender.queue.add(written)
             sender.kick()
+
+    def _batches(
+        self, snapshot: Snapshot, timestamp_ms: int
+    ) -> tuple[list[NewBatch], list[NewBatch]]:
+        """The tick's compressed batches, once per view however many endpoints share it:
+        (all series, by tenant). Runs in the writer's thread, off the event loop."""
+        encoded = self.encode(snapshot, timestamp_ms)
+
+        def pack(parts: Mapping[str, list[bytes]]) -> list[NewBatch]:
+            return [
+                NewBatch(tenant, len(chunk), timestamp_ms, timestamp_ms, compress(b"".join(chunk)))
+                for tenant, items in parts.items()
+                for chunk in _chunks(items)
+            ]
+
+        return pack({"": encoded.all}), pack(encoded.by_tenant)
 
     def encode(self, snapshot: Snapshot, timestamp_ms: int) -> Encoded:
         """The tick's series, each `prefix + value + tail`: the per-series work is a dict
