@@ -33,9 +33,6 @@ class Scope:
     name: str  # the token's name, safe to log
     tenant: str | None  # None: everything (the host and every tenant)
 
-    def sees(self, tenant_id: str) -> bool:
-        return self.tenant is None or tenant_id == self.tenant
-
 
 ALL = Scope("(no authentication)", None)
 

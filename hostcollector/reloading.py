@@ -8,7 +8,9 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+import orjson
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -88,6 +90,18 @@ class ReloadingFiles(Generic[T]):
 def _identity(path: str) -> tuple[int, int, int]:
     st = os.stat(path)
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def json_object(data: bytes, not_an_object: str) -> dict[str, Any]:
+    """A file's JSON object; ValueError if it is not valid JSON, or `not_an_object` if it is
+    JSON but not an object."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError(not_an_object)
+    return document
 
 
 def read_bytes(path: str) -> bytes:

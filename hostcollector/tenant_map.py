@@ -7,21 +7,14 @@ in force: a half-written file from the control plane must never strip tenants fr
 
 from __future__ import annotations
 
-import orjson
-
 from hostcollector.model import TenantClaim, TenantMapStatus
-from hostcollector.reloading import ReloadingFiles, read_bytes
+from hostcollector.reloading import ReloadingFiles, json_object, read_bytes
 from hostcollector.tenancy import MAX_LABEL_VALUE_CHARS
 
 
 def parse_tenant_map(data: bytes) -> dict[str, TenantClaim]:
     """Parse the file's bytes; raise ValueError naming every bad entry."""
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise ValueError("top level must be an object of VM UUID -> tenant")
+    document = json_object(data, "top level must be an object of VM UUID -> tenant")
     claims: dict[str, TenantClaim] = {}
     problems: list[str] = []
     for uuid, entry in document.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from typing import Any
 
 from hostcollector.model import AttributedGpu, AttributedVF, AttributedVM, Snapshot
@@ -130,20 +131,18 @@ def tenant_ids(snapshot: Snapshot) -> set[str]:
 
 
 def tenants(snapshot: Snapshot, tenant: str | None) -> list[Document]:
-    rows = []
-    for tenant_id in sorted(tenant_ids(snapshot)):
-        if tenant is not None and tenant_id != tenant:
-            continue
-        rows.append(
-            {
-                "tenant_id": tenant_id,
-                "vms": sum(1 for vm in snapshot.vms if vm.tenant_id == tenant_id),
-                "vfs": sum(1 for a in snapshot.vfs if a.tenant_id == tenant_id),
-                "gpus": sum(1 for a in snapshot.gpus if a.tenant_id == tenant_id),
-                "vgpus": sum(1 for a in snapshot.gpus for _, t in a.vgpu_vms if t == tenant_id),
-            }
-        )
-    return rows
+    """Each tenant on the host with its counts, in one pass over the snapshot."""
+    counts = {
+        "vms": Counter(vm.tenant_id for vm in snapshot.vms),
+        "vfs": Counter(a.tenant_id for a in snapshot.vfs),
+        "gpus": Counter(a.tenant_id for a in snapshot.gpus),
+        "vgpus": Counter(owner for a in snapshot.gpus for _, owner in a.vgpu_vms),
+    }
+    return [
+        {"tenant_id": tenant_id} | {kind: found[tenant_id] for kind, found in counts.items()}
+        for tenant_id in sorted(tenant_ids(snapshot))
+        if tenant is None or tenant_id == tenant
+    ]
 
 
 def tenant_detail(snapshot: Snapshot, tenant_id: str) -> Document | None:
