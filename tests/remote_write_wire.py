@@ -1,14 +1,37 @@
-"""A protobuf decoder for remote write's WriteRequest, written from the wire format spec and
-independent of the encoder: tests read back what hostcollector sends or queues."""
+"""Remote write's WriteRequest for tests, written from the wire format spec and independent of
+hostcollector's encoder: a plain encoder (requests the receiver harness sends) and a decoder
+(what tests read back of what hostcollector sends or queues)."""
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterable, Sequence
 
-from hostcollector.remote_write.protocol import decompress
+from hostcollector.remote_write.protocol import decompress, encode_label, varint
 
 Series = tuple[dict[str, str], list[tuple[int, float]]]
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return bytes([number << 3 | 2]) + varint(len(payload)) + payload
+
+
+def encode_write_request(
+    series: Iterable[tuple[Sequence[tuple[str, str]], Sequence[tuple[int, float]]]],
+) -> bytes:
+    """An uncompressed WriteRequest from (labels with __name__, [(timestamp_ms, value)])."""
+    return b"".join(
+        _field(
+            1,
+            b"".join(encode_label(n, v) for n, v in sorted(labels))
+            + b"".join(
+                _field(2, b"\x09" + struct.pack("<d", v) + b"\x10" + varint(ts))
+                for ts, v in samples
+            ),
+        )
+        for labels, samples in series
+    )
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:

@@ -15,7 +15,6 @@ from hostcollector.remote_write.protocol import (
     CONTENT_TYPE,
     VERSION_HEADER,
     compress,
-    encode_write_request,
 )
 from tests.receivers import (
     PrometheusReceiver,
@@ -25,6 +24,7 @@ from tests.receivers import (
     VictoriaMetricsReceiver,
     http_post,
 )
+from tests.remote_write_wire import encode_write_request
 
 pytestmark = pytest.mark.slow
 

@@ -19,13 +19,18 @@ from hostcollector.config import ClientTlsConfig, RemoteWriteConfig, RemoteWrite
 from hostcollector.exposition import series
 from hostcollector.remote_write import sender as sender_module
 from hostcollector.remote_write import writer as writer_module
-from hostcollector.remote_write.protocol import encode_timeseries, parse_labels
+from hostcollector.remote_write.protocol import (
+    SeriesEncoder,
+    pack_value,
+    parse_labels,
+    sample_tail,
+)
 from hostcollector.remote_write.queue import DiskQueue, NewBatch
 from hostcollector.remote_write.writer import RemoteWriter
 from tests.conftest import load_raw
 from tests.pki import make_ca, make_cert
 from tests.receivers import PrometheusReceiver, TenantGateway, VictoriaMetricsReceiver
-from tests.remote_write_decode import decode_write_request, is_stale
+from tests.remote_write_wire import decode_write_request, encode_write_request, is_stale
 from tests.served import serve
 from tests.snapshots import snapshot_from_raw
 
@@ -75,11 +80,19 @@ def test_series_that_went_away_get_a_staleness_marker(tmp_path: Path) -> None:
     assert not writer.encode(without_a1, 3000).by_tenant.get(ACME)  # marked once
 
 
-def test_a_label_pair_matches_a_reference_encoding() -> None:
-    # Label{name="a", value="b"} inside TimeSeries, and Sample{value=1.0, timestamp=1}:
-    # bytes as protoc encodes them.
-    expected = bytes.fromhex("0a150a060a0161120162120b09000000000000f03f1001")
-    assert encode_timeseries([("a", "b")], [(1, 1.0)]) == expected
+def test_a_series_matches_a_reference_encoding() -> None:
+    # TimeSeries{labels: [__name__="m", a="b"], samples: [{value: 1.0, timestamp: 1}]}, in
+    # bytes as protoc encodes it, and as the writer builds it: prefix + value + tail.
+    expected = bytes.fromhex(
+        "0a24"  # TimeSeries, 36 bytes
+        "0a0d" "0a085f5f6e616d655f5f" "12016d"  # Label __name__="m"
+        "0a06" "0a0161" "120162"  # Label a="b"
+        "120b" "09000000000000f03f" "1001"  # Sample 1.0 @ 1
+    )  # fmt: skip
+    tail = sample_tail(1)
+    prefix, tenant = SeriesEncoder().prefix("m", 'a="b"', len(tail))
+    assert prefix + pack_value(1.0) + tail == expected and tenant == ""
+    assert encode_write_request([((("__name__", "m"), ("a", "b")), [(1, 1.0)])]) == expected
 
 
 def new_batch(tenant: str, samples: int, body: bytes = b"x" * 100) -> NewBatch:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Sequence
 
 import cramjam
 
@@ -47,26 +46,6 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def encode_label(name: str, value: str) -> bytes:
     return _field(1, _field(1, name.encode()) + _field(2, value.encode()))
-
-
-def encode_sample(value: float, timestamp_ms: int) -> bytes:
-    return _field(2, b"\x09" + _DOUBLE.pack(value) + b"\x10" + varint(timestamp_ms))
-
-
-def encode_timeseries(
-    labels: Iterable[tuple[str, str]], samples: Iterable[tuple[int, float]]
-) -> bytes:
-    """One TimeSeries; `labels` must include __name__ and are sorted here, as the spec asks."""
-    body = b"".join(encode_label(n, v) for n, v in sorted(labels))
-    body += b"".join(encode_sample(v, ts) for ts, v in samples)
-    return _field(1, body)
-
-
-def encode_write_request(
-    series: Iterable[tuple[Sequence[tuple[str, str]], Sequence[tuple[int, float]]]],
-) -> bytes:
-    """An uncompressed WriteRequest from (labels with __name__, [(timestamp_ms, value)])."""
-    return b"".join(encode_timeseries(labels, samples) for labels, samples in series)
 
 
 def compress(body: bytes) -> bytes:
