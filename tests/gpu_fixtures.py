@@ -37,6 +37,22 @@ PASSTHROUGH = [
 ]
 ASSIGNED = "0000:41:00.0"
 
+# The kernel's aer_uncorrectable_error_string: the same lines in aer_dev_nonfatal and _fatal.
+_AER_UNCORRECTABLE = (
+    "Undefined",
+    "DLP",
+    "SDES",
+    "TLP",
+    "FCP",
+    "CmpltTO",
+    "CmpltAbrt",
+    "UnxCmplt",
+    "RxOF",
+    "MalfTLP",
+    "ECRC",
+    "UnsupReq",
+    "ACSViol",
+)
 _AER_LINES = {
     "aer_dev_correctable": (
         "RxErr",
@@ -49,38 +65,8 @@ _AER_LINES = {
         "HeaderOF",
         "TOTAL_ERR_COR",
     ),
-    "aer_dev_nonfatal": (
-        "Undefined",
-        "DLP",
-        "SDES",
-        "TLP",
-        "FCP",
-        "CmpltTO",
-        "CmpltAbrt",
-        "UnxCmplt",
-        "RxOF",
-        "MalfTLP",
-        "ECRC",
-        "UnsupReq",
-        "ACSViol",
-        "TOTAL_ERR_NONFATAL",
-    ),
-    "aer_dev_fatal": (
-        "Undefined",
-        "DLP",
-        "SDES",
-        "TLP",
-        "FCP",
-        "CmpltTO",
-        "CmpltAbrt",
-        "UnxCmplt",
-        "RxOF",
-        "MalfTLP",
-        "ECRC",
-        "UnsupReq",
-        "ACSViol",
-        "TOTAL_ERR_FATAL",
-    ),
+    "aer_dev_nonfatal": (*_AER_UNCORRECTABLE, "TOTAL_ERR_NONFATAL"),
+    "aer_dev_fatal": (*_AER_UNCORRECTABLE, "TOTAL_ERR_FATAL"),
 }
 
 

@@ -134,35 +134,32 @@ def test_a_stopped_qemu_is_quarantined_and_blocks_nobody(daemon: Daemon) -> None
     assert "answers again; out of quarantine" in log
 
 
+def libvirt_up_becomes(daemon: Daemon, up: int, timeout: float, what: str) -> Samples:
+    """The first scrape whose hostcollector_source_up{source="libvirt"} is `up`."""
+    return wait_until(
+        lambda: (
+            (s := daemon.scrape())
+            and one(s, "hostcollector_source_up", source="libvirt") == up
+            and s
+        ),
+        timeout,
+        what,
+    )
+
+
 def test_libvirtd_killed_and_restarted(daemon: Daemon) -> None:
     before = daemon.scrape()
     assert one(before, "hostcollector_libvirt_connects_total") == 1
     for pid in libvirtd_pids():
         os.kill(pid, signal.SIGKILL)
     try:
-        samples = wait_until(
-            lambda: (
-                (s := daemon.scrape())
-                and one(s, "hostcollector_source_up", source="libvirt") == 0
-                and s
-            ),
-            30,
-            "the libvirt source to go down",
-        )
+        samples = libvirt_up_becomes(daemon, 0, 30, "the libvirt source to go down")
         # still serving: the VMs' last good values, with their age
         assert len(pick(samples, "hostcollector_vm_info")) >= len(LAB_VMS)
         daemon.wait_polls(2)
     finally:
         subprocess.run([str(LAB_DIR / "start.sh")], check=True, timeout=120)
-    samples = wait_until(
-        lambda: (
-            (s := daemon.scrape())
-            and one(s, "hostcollector_source_up", source="libvirt") == 1
-            and s
-        ),
-        120,
-        "the libvirt source to come back",
-    )
+    samples = libvirt_up_becomes(daemon, 1, 120, "the libvirt source to come back")
     assert one(samples, "hostcollector_libvirt_connects_total") == 2
     resumed = sample_times(daemon.wait_polls(2))
     for uuid in UUIDS.values():
