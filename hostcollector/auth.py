@@ -21,9 +21,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-import yaml
-
 from hostcollector.reloading import ReloadingFiles, read_bytes
+from hostcollector.yaml_input import load_yaml, quote
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -38,15 +37,13 @@ ALL = Scope("(no authentication)", None)
 
 
 def parse_tokens(data: bytes) -> dict[str, Scope]:
-    """sha256 hex -> scope; raise ValueError naming every bad entry."""
-    try:
-        document = yaml.safe_load(data)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"not valid YAML: {exc}") from exc
+    """sha256 hex -> scope; raise ValueError naming every bad entry (and nothing else, whatever
+    the bytes: a reload must reject a bad file, never fail the request that noticed it)."""
+    document = load_yaml(data)
     if not isinstance(document, dict) or not isinstance(document.get("tokens"), list):
         raise ValueError("expected a mapping with a list under 'tokens'")
     if set(document) != {"tokens"}:
-        raise ValueError(f"unknown top-level keys {sorted(set(document) - {'tokens'})}")
+        raise ValueError(f"unknown top-level keys {_quoted_keys(set(document) - {'tokens'})}")
     scopes: dict[str, Scope] = {}
     names: set[str] = set()
     problems = []
@@ -58,11 +55,11 @@ def parse_tokens(data: bytes) -> dict[str, Scope]:
         name, digest, scope = entry.get("name"), entry.get("sha256"), entry.get("scope")
         unknown = set(entry) - {"name", "sha256", "scope", "tenant"}
         if unknown:
-            problems.append(f"{where}: unknown keys {sorted(unknown)}")
+            problems.append(f"{where}: unknown keys {_quoted_keys(unknown)}")
         if not isinstance(name, str) or not name:
             problems.append(f"{where}.name: required")
         elif name in names:
-            problems.append(f"{where}.name: {name!r} is used twice")
+            problems.append(f"{where}.name: {quote(name)} is used twice")
         names.add(str(name))
         if not isinstance(digest, str) or not SHA256_HEX.match(digest.lower()):
             problems.append(f"{where}.sha256: expected 64 hex digits (printf %s TOKEN | sha256sum)")
@@ -78,8 +75,16 @@ def parse_tokens(data: bytes) -> dict[str, Scope]:
         else:
             problems.append(f"{where}: scope must be 'all', or 'tenant' with a non-empty tenant")
     if problems:
-        raise ValueError("; ".join(problems))
+        # One line per file, not one per entry of a file of thousands.
+        shown = "; ".join(problems[:20])
+        raise ValueError(shown + (f" ... ({len(problems)} problems)" if len(problems) > 20 else ""))
     return scopes
+
+
+def _quoted_keys(keys: set[object]) -> str:
+    # Keys of any YAML type (1, null, a date): sorted by their text, as sorting them may not.
+    shown = sorted(quote(key) for key in keys)
+    return "[" + ", ".join(shown[:10]) + (", ..." if len(shown) > 10 else "") + "]"
 
 
 class TokenFile(ReloadingFiles[dict[str, Scope]]):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +100,79 @@ def _load(path: str | None) -> Config:
 
 
 def _check_config(path: str) -> int:
+    """Exit 1 for what `run` refuses to start with: the config, and TLS files the server cannot
+    load. What `run` starts with and keeps re-reading (tokens, tenant map, remote-write TLS: a
+    file may arrive after the config, or be rewritten) is a warning, exit 0."""
     try:
-        load_config(path)
+        config = load_config(path)
+        with _quiet_reload_warnings():
+            _check_server_tls(config, path)
+            warnings = _file_warnings(config)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
     print(f"{path}: ok")
+    if warnings:
+        print(
+            f"{path}: {len(warnings)} warning(s); the daemon starts, and loads each file once "
+            "it is fixed:",
+            file=sys.stderr,
+        )
+        print("\n".join(f"  - {warning}" for warning in warnings), file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_reload_warnings() -> Iterator[None]:
+    # The file checks below log what they reject, as in the daemon; here each is reported once,
+    # in the list.
+    reloading = logging.getLogger("hostcollector.reloading")
+    level = reloading.level
+    reloading.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        reloading.setLevel(level)
+
+
+def _check_server_tls(config: Config, origin: str) -> None:
+    # What `_run` does: it refuses to start when these do not load.
+    if config.listen.tls.enabled:
+        from hostcollector.tls import ReloadingServerTls
+
+        try:
+            ReloadingServerTls(config.listen.tls)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, origin=origin) from exc
+
+
+def _file_warnings(config: Config) -> list[str]:
+    """Files the daemon reads the same way at start, survives without (it logs, keeps an empty
+    value and loads them when they change), and that would leave it serving or sending
+    nothing."""
+    from hostcollector.auth import TokenFile
+    from hostcollector.remote_write.sender import ClientTls, Retry
+    from hostcollector.tenant_map import TenantMapFile
+
+    found = []
+    if config.auth.tokens_file is not None:
+        tokens = TokenFile(config.auth.tokens_file)
+        tokens.current()
+        if tokens.last_error is not None:
+            found.append(f"auth.tokens_file: {tokens.last_error}; every request is refused")
+    if config.attribution.mapping_file is not None:
+        tenant_map = TenantMapFile(config.attribution.mapping_file)
+        tenant_map.current()
+        if tenant_map.last_error is not None:
+            found.append(f"attribution.mapping_file: {tenant_map.last_error}")
+    for i, endpoint in enumerate(config.remote_write.endpoints):
+        if not endpoint.url.startswith("https://"):
+            continue  # the sender uses no TLS, so reads none of its files
+        try:
+            ClientTls(endpoint).context()
+        except (Retry, OSError, ValueError) as exc:
+            found.append(f"remote_write.endpoints[{i}].tls: {exc}; nothing is sent")
+    return found
 
 
 def _setup_logging(config: Config) -> None:
@@ -116,12 +184,17 @@ def _setup_logging(config: Config) -> None:
 
 
 def _run(config: Config) -> int:
-    from aiohttp import web
-
     from hostcollector.app import build_app, tune_gc
     from hostcollector.collector import Collector
+    from hostcollector.server import (
+        ConnectionGuard,
+        ListenError,
+        connection_limit,
+        serve_until_stopped,
+    )
 
     _setup_logging(config)
+    log = logging.getLogger("hostcollector")
     collector = Collector(config)
     ssl_context = None
     if config.listen.tls.enabled:
@@ -135,24 +208,33 @@ def _run(config: Config) -> int:
         ssl_context = server_tls.context
         collector.watched_files["tls"] = server_tls.files
         collector.tls_not_after = lambda: server_tls.not_after
+    guard = ConnectionGuard(connection_limit(config.listen.max_connections))
+    collector.http_connections = guard
+    app = build_app(config, collector)
     tune_gc()
-    logging.getLogger("hostcollector").info(
-        "hostcollector %s listening on %s://%s:%d/metrics, sources: %s, tokens: %s",
-        __version__,
-        "https" if ssl_context else "http",
-        config.listen.address,
-        config.listen.port,
-        ", ".join(collector.sources) or "none",
-        "required" if config.auth.tokens_file else "off",
-    )
-    web.run_app(
-        build_app(config, collector),
-        host=config.listen.address,
-        port=config.listen.port,
-        ssl_context=ssl_context,
-        print=None,
-        access_log=None,
-    )
+
+    def started(url: str) -> None:
+        log.info(
+            "hostcollector %s listening on %s/metrics, sources: %s, tokens: %s",
+            __version__,
+            url,
+            ", ".join(collector.sources) or "none",
+            "required" if config.auth.tokens_file else "off",
+        )
+
+    try:
+        asyncio.run(
+            serve_until_stopped(
+                app,
+                config.listen,
+                ssl_context=ssl_context,
+                guard=guard,
+                started=started,
+            )
+        )
+    except ListenError as exc:
+        print(f"hostcollector: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -91,9 +91,21 @@ class _Inputs:
     tenant_status: TenantMapStatus
     libvirt_health: LibvirtHealth | None
     http_denied: tuple[tuple[str, int], ...]
+    http_connections: int | None
+    http_connections_closed: tuple[tuple[str, int], ...]
     watched_files: tuple[tuple[str, int, int], ...]
     tls_not_after: float | None
     remote_write: tuple[RemoteWriteStatus, ...]
+
+
+class ConnectionCounts(Protocol):
+    """What the HTTP server's connection guard tells (server.ConnectionGuard)."""
+
+    @property
+    def open(self) -> int: ...
+
+    @property
+    def closed_total(self) -> Counter[str]: ...
 
 
 @runtime_checkable
@@ -139,6 +151,8 @@ class Collector:
         self.latest: dict[str, Any] = {}
         # Requests the HTTP side refused, by reason (missing, invalid, scope).
         self.http_denied: Counter[str] = Counter()
+        # The HTTP server's connections, once it serves (set by the HTTP side).
+        self.http_connections: ConnectionCounts | None = None
         # Files the HTTP side re-reads on change (tokens, TLS certificates), for self-metrics.
         self.watched_files: dict[str, ReloadingFiles[Any]] = {}
         # When the served TLS certificate expires (set by the HTTP side when TLS is on).
@@ -209,6 +223,10 @@ class Collector:
             tenant_status=self.tenant_map.status(),
             libvirt_health=source.health() if isinstance(source, HasHealth) else None,
             http_denied=tuple(sorted(self.http_denied.items())),
+            http_connections=self.http_connections.open if self.http_connections else None,
+            http_connections_closed=tuple(sorted(self.http_connections.closed_total.items()))
+            if self.http_connections
+            else (),
             watched_files=tuple(
                 (name, f.reloads_total, f.errors_total) for name, f in self.watched_files.items()
             ),
@@ -255,6 +273,8 @@ class Collector:
             nvml_available=nvml.nvml_available if nvml else None,
             nvml_driver_version=nvml.driver_version if nvml else None,
             http_denied=inputs.http_denied,
+            http_connections=inputs.http_connections,
+            http_connections_closed=inputs.http_connections_closed,
             watched_files=inputs.watched_files,
             tls_certificate_not_after=inputs.tls_not_after,
             remote_write=inputs.remote_write,

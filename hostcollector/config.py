@@ -9,6 +9,7 @@ this loader.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -16,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from hostcollector.errors import ConfigError
+from hostcollector.yaml_input import load_yaml, quote
 
 # Stats groups of virConnectGetAllDomainStats, by the name `virsh domstats` uses.
 STATS_GROUPS = (
@@ -83,9 +83,20 @@ class ListenConfig:
     address: str = "127.0.0.1"
     port: int = 9730
     tls: ServerTlsConfig = field(default_factory=ServerTlsConfig)
+    # Connections open at once; past it the one waiting longest without a request is closed.
+    # Lowered at start if the descriptor limit leaves less room (the unit sets LimitNOFILE).
+    max_connections: int = 512
+    # From connecting, or from the last response, to a complete request's headers: a peer that
+    # takes longer (one byte a second, or nothing) is closed. Also the keep-alive idle time.
+    idle_timeout_seconds: float = 15.0
 
     def problems(self) -> list[str]:
-        return [] if 0 <= self.port <= 65535 else ["port: must be between 0 and 65535"]
+        found = [] if 0 <= self.port <= 65535 else ["port: must be between 0 and 65535"]
+        if not 1 <= self.max_connections <= 65536:
+            found.append("max_connections: must be between 1 and 65536")
+        if not 1 <= self.idle_timeout_seconds <= 3600:
+            found.append("idle_timeout_seconds: must be between 1 and 3600")
+        return found
 
 
 @dataclass(frozen=True)
@@ -126,13 +137,15 @@ class LibvirtConfig:
         for group in self.stats_groups:
             if group not in STATS_GROUPS:
                 found.append(
-                    f"stats_groups: unknown group {group!r}; known: {', '.join(STATS_GROUPS)}"
+                    f"stats_groups: unknown group {quote(group)}; known: {', '.join(STATS_GROUPS)}"
                 )
         if "state" not in self.stats_groups:
             found.append("stats_groups: 'state' is required")
         for group in self.slow_stats_groups:
             if group not in self.stats_groups or group == "state":
-                found.append(f"slow_stats_groups: {group!r} must be one of stats_groups, not state")
+                found.append(
+                    f"slow_stats_groups: {quote(group)} must be one of stats_groups, not state"
+                )
         if self.slow_stats_every < 1:
             found.append("slow_stats_every: must be at least 1")
         if self.metadata_refresh_seconds <= 0:
@@ -200,7 +213,7 @@ class MetadataRuleConfig:
             found.append("namespace: must not be empty")
         for label in self.labels:
             if not LABEL_NAME.match(label):
-                found.append(f"labels.{label}: not a valid Prometheus label name")
+                found.append(f"labels.{_key(label)}: not a valid Prometheus label name")
         return found
 
 
@@ -225,7 +238,7 @@ class AttributionConfig:
             found.append("order: lists a source twice")
         for label in self.info_labels:
             if not LABEL_NAME.match(label):
-                found.append(f"info_labels: {label!r} is not a valid Prometheus label name")
+                found.append(f"info_labels: {quote(label)} is not a valid Prometheus label name")
             elif label in RESERVED_LABELS:
                 found.append(f"info_labels: {label!r} is reserved")
         names = [rule.name for rule in self.metadata_rules]
@@ -235,8 +248,9 @@ class AttributionConfig:
 
 
 # Tenant ids a store accepts in a header or URL (Grafana Mimir's rule, the strictest common one;
-# ":" too, for VictoriaMetrics cluster's "accountID:projectID").
-TENANT_ID = re.compile(r"^[A-Za-z0-9!._*'():-]{1,150}$")
+# ":" too, for VictoriaMetrics cluster's "accountID:projectID"). \Z, not $: "$" takes a trailing
+# newline. The characters only: remote_write.routing.tenant_id_problem also refuses "." and "..".
+TENANT_ID = re.compile(r"^[A-Za-z0-9!._*'():-]{1,150}\Z")
 TENANT_PLACEHOLDER = "{tenant}"
 # Headers the sender sets itself.
 RESERVED_HEADERS = frozenset(
@@ -301,12 +315,17 @@ class RemoteWriteEndpointConfig:
             if "{" in text.replace(TENANT_PLACEHOLDER, "") or "}" in text.replace(
                 TENANT_PLACEHOLDER, ""
             ):
-                found.append(f"{text!r}: the only placeholder is {TENANT_PLACEHOLDER}")
+                found.append(f"{quote(text)}: the only placeholder is {TENANT_PLACEHOLDER}")
+        # Imported here: routing uses TENANT_ID from this module.
+        from hostcollector.remote_write.routing import url_problem
+
+        if (problem := url_problem(self.url)) is not None:
+            found.append(f"url: {problem}")
         for name, value in self.headers.items():
             if not HEADER_NAME.match(name) or name.lower() in RESERVED_HEADERS:
-                found.append(f"headers.{name}: not a header name hostcollector can set")
+                found.append(f"headers.{_key(name)}: not a header name hostcollector can set")
             if any(c in value for c in "\r\n\0"):
-                found.append(f"headers.{name}: control characters in the value")
+                found.append(f"headers.{_key(name)}: control characters in the value")
         if self.timeout_seconds <= 0:
             found.append("timeout_seconds: must be > 0")
         if self.max_queue_bytes < 1024 * 1024:
@@ -349,20 +368,30 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+# A config is a few kilobytes; the bound keeps a path to /dev/zero or a huge file from
+# taking the host's memory.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; raise ConfigError listing every problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"cannot read: {exc.strerror}"], origin=str(path)) from exc
-    return parse_config(text, origin=str(path))
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"larger than {MAX_CONFIG_BYTES} bytes"], origin=str(path))
+    return parse_config(data, origin=str(path))
 
 
-def parse_config(text: str, origin: str = "config") -> Config:
+def parse_config(text: str | bytes, origin: str = "config") -> Config:
+    """Validate a config document (bytes: UTF-8, or UTF-16 with a BOM); raise ConfigError
+    listing every problem."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], origin=origin) from exc
+        data = load_yaml(text)
+    except ValueError as exc:
+        raise ConfigError([str(exc)], origin=origin) from exc
     if data is None:
         data = {}
     problems: list[str] = []
@@ -389,7 +418,9 @@ def _build(kind: Any, value: Any, path: str, problems: list[str]) -> Any:
         allowed = typing.get_args(kind)
         if value in allowed:
             return value
-        problems.append(f"{where}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+        problems.append(
+            f"{where}: expected one of {', '.join(map(str, allowed))}, got {quote(value)}"
+        )
         return None
     if origin is tuple:
         inner = typing.get_args(kind)[0]
@@ -403,7 +434,9 @@ def _build(kind: Any, value: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{where}: expected a mapping, got {_describe(value)}")
             return None
         return {
-            _build(key_kind, k, f"{path}", problems): _build(value_kind, v, f"{path}.{k}", problems)
+            _build(key_kind, k, path, problems): _build(
+                value_kind, v, f"{path}.{_key(k)}", problems
+            )
             for k, v in value.items()
         }
     if kind is bool:
@@ -417,8 +450,15 @@ def _build(kind: Any, value: Any, path: str, problems: list[str]) -> Any:
         problems.append(f"{where}: expected an integer, got {_describe(value)}")
         return None
     if kind is float:
+        # The one place every float of the schema passes: .nan compares false with every bound
+        # (a NaN max_sample_age_seconds passed `< interval_seconds` and then expired every VM),
+        # and .inf or an int too large for a float is no duration either.
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            number = float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.inf
+            if math.isfinite(number):
+                return number
+            problems.append(f"{where}: expected a finite number, got {quote(value)}")
+            return None
         problems.append(f"{where}: expected a number, got {_describe(value)}")
         return None
     if kind is str:
@@ -441,9 +481,9 @@ def _build_dataclass(kind: Any, value: Any, path: str, problems: list[str]) -> A
     prefix = f"{path}." if path else ""
     for key in value:
         if key not in fields:
-            suggestion = _closest(str(key), fields)
+            suggestion = _closest(key, fields)
             hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
-            problems.append(f"{prefix}{key}: unknown key{hint}")
+            problems.append(f"{prefix}{_key(key)}: unknown key{hint}")
     before = len(problems)
     kwargs = {}
     for name, spec in fields.items():
@@ -461,16 +501,22 @@ def _build_dataclass(kind: Any, value: Any, path: str, problems: list[str]) -> A
 
 
 def _describe(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
+    return quote(value)
 
 
-def _closest(key: str, known: typing.Iterable[str]) -> str | None:
+def _key(key: object) -> str:
+    """A mapping key as it appears in a key path: as written when it is a short plain name,
+    else quoted (bounded: it came from the file)."""
+    if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 64:
+        return key
+    return quote(key)
+
+
+def _closest(key: object, known: typing.Iterable[str]) -> str | None:
     import difflib
 
+    if not isinstance(key, str) or len(key) > 64:
+        return None
     matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.7)
     return matches[0] if matches else None
 

@@ -380,6 +380,11 @@ def _render_self(w: _Writer, snapshot: Snapshot) -> None:
         families["http_requests_denied_total"],
         ((f'reason="{r}"', n) for r, n in snapshot.http_denied),
     )
+    one("http_connections", snapshot.http_connections)
+    w.family(
+        families["http_connections_closed_total"],
+        ((f'reason="{r}"', n) for r, n in snapshot.http_connections_closed),
+    )
     w.family(
         families["file_reloads_total"],
         ((f'file="{name}"', loads) for name, loads, _ in snapshot.watched_files),
@@ -415,6 +420,14 @@ def _render_remote_write(w: _Writer, snapshot: Snapshot, families: dict[str, Fam
             (f'{lab},reason="{reason}"', n)
             for lab, e in per_endpoint
             for reason, n in e.samples_dropped_by_reason
+        ),
+    )
+    w.family(
+        families["remote_write_queue_files_dropped_total"],
+        (
+            (f'{lab},reason="{reason}"', n)
+            for lab, e in per_endpoint
+            for reason, n in e.queue_files_dropped_by_reason
         ),
     )
 

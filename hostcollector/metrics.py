@@ -930,6 +930,17 @@ SELF_FAMILIES = (
         ("reason",),
     ),
     _self_family(
+        "http_connections",
+        "gauge",
+        "Connections the HTTP server holds open now (bounded below the descriptor limit).",
+    ),
+    _self_family(
+        "http_connections_closed_total",
+        "counter",
+        "Connections the HTTP server closed to protect itself: evicted (the longest waiting without a request, to admit a new one at the bound), refused (at the bound with every connection busy), accept_failed (accept() found no descriptor or memory).",
+        ("reason",),
+    ),
+    _self_family(
         "file_reloads_total",
         "counter",
         "Versions of a file re-read on change that were loaded: tokens (auth.tokens_file), tls (listen.tls files).",
@@ -985,7 +996,13 @@ SELF_FAMILIES = (
     _self_family(
         "remote_write_samples_dropped_total",
         "counter",
-        "Samples never delivered, by reason: queue_full (oldest dropped past max_queue_bytes), rejected (a 4xx other than 429), invalid_tenant, corrupt (an unreadable queue file), unqueueable (the queue directory refused the write: full or read-only disk).",
+        "Samples never delivered, by reason: queue_full (oldest dropped past max_queue_bytes), rejected (a 4xx other than 429), invalid_tenant (an id a store refuses, or one that would leave its tenant space: . and ..), corrupt (a queue file that became unreadable or damaged before it was sent), unqueueable (the queue directory refused the write: full or read-only disk).",
+        ("endpoint", "reason"),
+    ),
+    _self_family(
+        "remote_write_queue_files_dropped_total",
+        "counter",
+        "Entries of the queue directory found at start and not queued, by reason: corrupt and old_format (a header that fails its checksum or its checks, or was written before headers had one: deleted), not_a_file and foreign_name (a directory, link or other file with a batch's name: left in place). Files, not samples: a damaged header's sample count means nothing.",
         ("endpoint", "reason"),
     ),
     _self_family(

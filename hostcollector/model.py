@@ -334,6 +334,9 @@ class RemoteWriteStatus:
     samples_dropped_by_reason: tuple[tuple[str, int], ...]  # never delivered
     last_success_timestamp_seconds: float | None
     last_error: str | None
+    # Entries of the queue directory found at start and not queued (corrupt, old_format,
+    # not_a_file, foreign_name): files, not samples (a damaged header's count means nothing).
+    queue_files_dropped_by_reason: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +357,9 @@ class Snapshot:
     remote_write: tuple[RemoteWriteStatus, ...] = ()
     # Requests refused by the HTTP server: (reason, count), reason missing|invalid|scope.
     http_denied: tuple[tuple[str, int], ...] = ()
+    # Connections of the HTTP server open now (None: not serving), and closed by it, by reason.
+    http_connections: int | None = None
+    http_connections_closed: tuple[tuple[str, int], ...] = ()
     # Files re-read on change (tokens, tls): (file, loads, rejected versions).
     watched_files: tuple[tuple[str, int, int], ...] = ()
     tls_certificate_not_after: float | None = None  # None: no TLS

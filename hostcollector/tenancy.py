@@ -101,7 +101,7 @@ def parse_tenant(
             continue
         try:
             root = ET.fromstring(text)
-        except ET.ParseError:
+        except (ET.ParseError, ValueError):  # ValueError: a lone surrogate, not even encodable
             continue
         tenant = rule.tenant.read(root)
         if tenant is None:

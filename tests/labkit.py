@@ -160,10 +160,12 @@ def run_daemon(
     tls: dict[str, str] | None = None,
     client_context: ssl.SSLContext | None = None,
     token: str | None = None,
+    listen_extra: dict[str, Any] | None = None,
     **attribution: Any,
 ) -> Iterator[Daemon]:
     """`extra`: more top-level config sections (remote_write, auth, ...); `tls`: the
-    listen.tls section, reached with `client_context` (and `token` with auth on)."""
+    listen.tls section, reached with `client_context` (and `token` with auth on);
+    `listen_extra`: more listen keys."""
     port = free_port()
     libvirt = {
         "interval_seconds": interval,
@@ -171,7 +173,12 @@ def run_daemon(
         **(sources_extra or {}),
     }
     config = {
-        "listen": {"address": "127.0.0.1", "port": port, **({"tls": tls} if tls else {})},
+        "listen": {
+            "address": "127.0.0.1",
+            "port": port,
+            **({"tls": tls} if tls else {}),
+            **(listen_extra or {}),
+        },
         "sources": {"libvirt": libvirt},
         "attribution": {
             "metadata_rules": [

@@ -7,14 +7,17 @@ import asyncio
 import json
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from hostcollector.server import ConnectionGuard, GuardedSite, make_runner
 
 
 @dataclass
@@ -28,10 +31,19 @@ class Reply:
 
 
 @contextmanager
-def serve(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> Iterator[str]:
-    """Yields the base URL (http://127.0.0.1:PORT); the app's startup and cleanup run."""
+def serve(
+    app: web.Application,
+    ssl_context: ssl.SSLContext | None = None,
+    guard: ConnectionGuard | None = None,
+    idle_timeout_seconds: float = 15.0,
+) -> Iterator[str]:
+    """Yields the base URL (http://127.0.0.1:PORT); the app's startup and cleanup run. With
+    `guard`, served as the daemon serves (hostcollector.server: connection bound, timeouts)."""
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None)
+    if guard is None:
+        runner = web.AppRunner(app, access_log=None)
+    else:
+        runner = make_runner(app, guard, idle_timeout_seconds)
     ready = threading.Event()
     holder: dict[str, Any] = {}
 
@@ -40,7 +52,11 @@ def serve(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> It
 
         async def start() -> None:
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+            site: web.BaseSite
+            if guard is None:
+                site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+            else:
+                site = GuardedSite(runner, "127.0.0.1", 0, guard, ssl_context=ssl_context)
             await site.start()
             holder["port"] = runner.addresses[0][1]
 
@@ -77,3 +93,12 @@ def get(
             return Reply(response.status, dict(response.headers), response.read())
     except urllib.error.HTTPError as exc:
         return Reply(exc.code, dict(exc.headers), exc.read())
+
+
+def eventually(what: str, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for `predicate`: a watched file is re-read in a thread, a moment after it changed."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.02)

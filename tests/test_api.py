@@ -18,7 +18,7 @@ from hostcollector import views
 from hostcollector.app import build_app
 from hostcollector.collector import Collector, Exposition
 from hostcollector.config import AuthConfig, Config
-from tests.served import get, serve
+from tests.served import eventually, get, serve
 from tests.snapshots import LAB_ATTRIBUTION, snapshot_from_raw
 
 ACME = "6f1c3b2a8d9e4f7a9b0c1d2e3f4a5b6c"
@@ -190,11 +190,14 @@ def test_tokens_file_reloads_and_a_bad_one_keeps_the_last_good(api: str, tokens_
     assert get(f"{api}/api/v1/vms", token=SRE_TOKEN).status == 200
     time.sleep(1.1)  # the file is checked at most once a second
     tokens_file.write_text(tokens_yaml([("rotated", "new-token-after-rotation", None)]))
-    time.sleep(1.1)
-    assert get(f"{api}/api/v1/vms", token="new-token-after-rotation").status == 200
+    # Checked at most once a second, then re-read in its thread while requests go on.
+    eventually(
+        "the rotated token accepted",
+        lambda: get(f"{api}/api/v1/vms", token="new-token-after-rotation").status == 200,
+    )
     assert get(f"{api}/api/v1/vms", token=SRE_TOKEN).status == 401
     tokens_file.write_text("tokens: [{name: broken, sha256: nothex, scope: all}]\n")
-    time.sleep(1.1)
+    time.sleep(2.2)
     assert get(f"{api}/api/v1/vms", token="new-token-after-rotation").status == 200
 
 
@@ -205,6 +208,8 @@ def test_token_file_reloads_and_rejections_are_self_metrics(tokens_file: Path) -
         time.sleep(1.1)
         tokens_file.write_text("tokens: [{name: broken, sha256: nothex, scope: all}]\n")
         assert get(f"{url}/api/v1/vms", token=SRE_TOKEN).status == 200  # the last good file
+        tokens = collector.watched_files["tokens"]
+        eventually("the broken file rejected", lambda: tokens.errors_total == 1)
         collector.refresh()
         text = get(f"{url}/metrics", token=SRE_TOKEN).body.decode()
         sources = get(f"{url}/api/v1/sources", token=SRE_TOKEN).json()

@@ -448,6 +448,7 @@ def test_first_run_installs_user_venv_config_and_unit(deployed: Deployment) -> N
         "DeviceAllow=char-nvidia-frontend rw",
         "CPUQuota=50%",
         "MemoryMax=256M",
+        "LimitNOFILE=4096",
     ):
         assert line in unit, f"unit lacks {line!r}"
     assert not re.search(r"^PrivateDevices=", unit, re.MULTILINE)

@@ -16,7 +16,7 @@ from hostcollector.collector import Collector
 from hostcollector.config import Config, ListenConfig, ServerTlsConfig
 from hostcollector.errors import ConfigError
 from tests.pki import make_ca, make_cert
-from tests.served import get, serve
+from tests.served import eventually, get, serve
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +80,14 @@ def test_certificates_are_reloaded_when_the_files_change(live: Live, pki: Path) 
     assert served_cn(port, context) == "hostcollector-one"
     # A key that does not match the certificate is rejected; the last good pair stays.
     (directory / "server.pem").write_bytes((pki / "server2.pem").read_bytes())
-    assert served_cn(port, context) == "hostcollector-one"
+    eventually(
+        "the mismatched pair rejected",
+        lambda: (
+            served_cn(port, context) == "hostcollector-one" and server_tls.files.errors_total == 1
+        ),
+    )
     (directory / "server.key").write_bytes((pki / "server2.key").read_bytes())
-    assert served_cn(port, context) == "hostcollector-two"
+    eventually("the new pair served", lambda: served_cn(port, context) == "hostcollector-two")
     assert (server_tls.files.reloads_total, server_tls.files.errors_total) == (2, 1)
     assert server_tls.not_after == certificate_not_after((pki / "server2.pem").read_bytes())
     assert get(f"{url}/metrics", context=context).status == 200

@@ -3,7 +3,8 @@
 
 A 2xx removes the batch. A 5xx, a 429 or no answer keeps it and retries after a backoff
 (0.5 s doubling to 30 s, or the store's Retry-After). Any other 4xx means the store will never
-take it (malformed, too old): it is dropped and counted, and the store's reason logged.
+take it (malformed, too old): it is dropped and counted, and the store's reason logged (the
+first ERROR_BODY_BYTES of its answer: a store's answer is input too, and may never end).
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import TypeVar
-from urllib.parse import quote
 
 import aiohttp
 
 from hostcollector import __version__
-from hostcollector.config import TENANT_ID, TENANT_PLACEHOLDER, RemoteWriteEndpointConfig
+from hostcollector.config import RemoteWriteEndpointConfig
 from hostcollector.model import RemoteWriteStatus
 from hostcollector.reloading import ReloadingFiles, json_object, read_bytes
 from hostcollector.remote_write.protocol import CONTENT_ENCODING, CONTENT_TYPE, VERSION_HEADER
 from hostcollector.remote_write.queue import Batch, DiskQueue
+from hostcollector.remote_write.routing import Route, UnsafeRoute, tenant_id_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,6 +36,13 @@ MAX_RETRY_AFTER_SECONDS = 300.0
 CLOSE_GRACE_SECONDS = 5.0
 # How often the endpoint's TLS files are checked for a change, at most.
 TLS_CHECK_SECONDS = 5.0
+# Of a store's error answer, what is read for the reason; the rest is never read (the
+# connection is closed instead of drained).
+ERROR_BODY_BYTES = 4096
+REASON_CHARS = 300
+# Tenants whose refusal was logged (once each); bounded, so that endless distinct bad ids
+# cost a log line each now and then, not memory.
+MAX_REFUSED_TENANTS = 1024
 
 
 class Retry(Exception):
@@ -49,6 +57,10 @@ class Rejected(Exception):
 
 class Unmapped(Retry):
     """The tenant has no entry in the tenant_ids_file yet: nothing was sent."""
+
+
+class Damaged(Exception):
+    """The batch's queue file cannot be read or trusted: nothing was sent."""
 
 
 def client_ssl_context(config: RemoteWriteEndpointConfig) -> ssl.SSLContext:
@@ -85,9 +97,14 @@ class ClientTls:
 def parse_tenant_ids(data: bytes) -> dict[str, str]:
     """A tenant_ids_file: {"<tenant_id>": "<store tenant>"}; ValueError naming what is wrong."""
     document = json_object(data, "top level must be an object of tenant id -> the store's tenant")
-    bad = [k for k, v in document.items() if not isinstance(v, str) or not TENANT_ID.match(v)]
+    bad = [
+        k for k, v in document.items() if not isinstance(v, str) or tenant_id_problem(v) is not None
+    ]
     if bad:
-        raise ValueError(f"store tenants must be 1-150 of A-Z a-z 0-9 !._*'():- (for {bad[:5]})")
+        raise ValueError(
+            "store tenants must be 1-150 of A-Z a-z 0-9 !._*'():-, not . or .. "
+            f"(for {[k[:160] for k in bad[:5]]})"
+        )
     return {str(k): str(v) for k, v in document.items()}
 
 
@@ -100,6 +117,8 @@ class EndpointSender:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self._tls = ClientTls(config) if config.url.startswith("https://") else None
+        self._route = Route(config.url, config.headers)
+        self._refused_tenants: dict[str, None] = {}
         no_ids: dict[str, str] = {}
         self._tenant_ids = _watched(
             config.tenant_ids_file, "tenant_ids_file", config, parse_tenant_ids, no_ids
@@ -138,19 +157,19 @@ class EndpointSender:
     async def _deliver(self, tenant: str) -> None:
         backoff = BACKOFF_MIN_SECONDS
         while not self._closing.is_set() and (batch := self.queue.oldest(tenant)) is not None:
-            if tenant and not TENANT_ID.match(tenant):
-                log.warning(
-                    "remote write %s: tenant id %r cannot be sent (a store takes 1-150 of "
-                    "A-Z a-z 0-9 !._*'():-); its samples are dropped",
-                    self.config.name,
-                    tenant,
-                )
+            problem = tenant_id_problem(tenant) if tenant else None
+            if problem is not None:
+                self._refuse(tenant, problem)
                 self.queue.drop(batch, "invalid_tenant")
                 continue
             try:
                 store_tenant = self._store_tenant(tenant)
                 async with self._slots:
                     await self._send(batch, store_tenant)
+            except UnsafeRoute as exc:
+                self._refuse(tenant, str(exc))
+                self.queue.drop(batch, "invalid_tenant")
+                continue
             except Retry as exc:
                 if not isinstance(exc, Unmapped):
                     self.failed_total += batch.samples
@@ -166,8 +185,8 @@ class EndpointSender:
                 self.failed(str(exc))
                 self.queue.drop(batch, "rejected")
                 continue
-            except ValueError as exc:  # the file is damaged
-                self.failed(f"queue file {batch.name}: {exc}")
+            except Damaged as exc:
+                self.failed(str(exc))
                 self.queue.drop(batch, "corrupt")
                 continue
             backoff = BACKOFF_MIN_SECONDS
@@ -184,6 +203,20 @@ class EndpointSender:
             log.warning("remote write %s: %s", self.config.name, message)
         self.last_error = message
 
+    def _refuse(self, tenant: str, problem: str) -> None:
+        """Log a tenant whose samples cannot be sent once, not at each tick's batch of it."""
+        if tenant in self._refused_tenants:
+            return
+        if len(self._refused_tenants) >= MAX_REFUSED_TENANTS:
+            del self._refused_tenants[next(iter(self._refused_tenants))]
+        self._refused_tenants[tenant] = None
+        log.warning(
+            "remote write %s: tenant id %r cannot be sent (%s); its samples are dropped",
+            self.config.name,
+            tenant[:160],
+            problem,
+        )
+
     def _store_tenant(self, tenant: str) -> str:
         """How the store names the tenant: itself, or its entry in the tenant_ids_file."""
         if self._tenant_ids is None or not tenant:
@@ -196,17 +229,20 @@ class EndpointSender:
 
     async def _send(self, batch: Batch, tenant: str) -> None:
         """POST one batch; `tenant` is the store's name for the batch's tenant."""
-        body = await asyncio.to_thread(self.queue.read, batch)
-        url = self.config.url.replace(TENANT_PLACEHOLDER, quote(tenant, safe=":"))
+        url = self._route.url(tenant)  # UnsafeRoute before anything is read or sent
         headers = {
             "Content-Type": CONTENT_TYPE,
             "Content-Encoding": CONTENT_ENCODING,
             VERSION_HEADER[0]: VERSION_HEADER[1],
             "User-Agent": f"hostcollector/{__version__}",
+            # An error answer is read only in part: compressed, a few KiB could unpack to GiB.
+            "Accept-Encoding": "identity",
         }
-        headers |= {
-            k: v.replace(TENANT_PLACEHOLDER, tenant) for k, v in self.config.headers.items()
-        }
+        headers |= self._route.headers(tenant)
+        try:
+            body = await asyncio.to_thread(self.queue.read, batch)
+        except (ValueError, OSError) as exc:
+            raise Damaged(f"queue file {batch.name}: {exc}") from exc
         if self._bearer_token is not None:
             token = self._bearer_token.current()
             if not token:
@@ -218,7 +254,7 @@ class EndpointSender:
             ) as response:
                 if 200 <= response.status < 300:
                     return
-                reason = (await response.text(errors="replace"))[:300].strip()
+                reason = await _error_reason(response)
                 what = f"HTTP {response.status} for {batch.samples} samples" + (
                     f" of tenant {tenant}" if tenant else ""
                 )
@@ -237,6 +273,7 @@ class EndpointSender:
                 # Keep one warm connection per tenant lane; no cookies, no env proxies.
                 connector=aiohttp.TCPConnector(limit=self.config.concurrency),
                 cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
             )
         return self._session
 
@@ -251,6 +288,7 @@ class EndpointSender:
             samples_sent_total=self.sent_total,
             samples_failed_total=self.failed_total,
             samples_dropped_by_reason=tuple(sorted(self.queue.dropped.items())),
+            queue_files_dropped_by_reason=tuple(sorted(self.queue.files_dropped.items())),
             last_success_timestamp_seconds=self.last_success,
             last_error=self.last_error,
         )
@@ -294,6 +332,19 @@ def _token(data: bytes) -> str:
     if not token:
         raise ValueError("the file is empty")
     return token
+
+
+async def _error_reason(response: aiohttp.ClientResponse) -> str:
+    """The start of a store's error answer, on one line of printable text."""
+    data = bytearray()
+    while len(data) < ERROR_BODY_BYTES:
+        chunk = await response.content.read(ERROR_BODY_BYTES - len(data))
+        if not chunk:
+            break
+        data += chunk
+    text = data.decode("utf-8", errors="replace")
+    # One line: a reason goes into the log and /status, where newlines and escapes would lie.
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:REASON_CHARS]
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -27,7 +27,7 @@ def pci_address(domain: str, bus: str, slot: str, function: str) -> str:
 def domain_devices(xml: str) -> DomainDevices:
     try:
         root = ET.fromstring(xml)
-    except ET.ParseError:
+    except (ET.ParseError, ValueError):  # ValueError: a lone surrogate, not even encodable
         return DomainDevices()
     pci: list[str] = []
     candidates = [

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from hostcollector.config import LibvirtConfig
 from hostcollector.errors import SourceError
@@ -105,6 +106,19 @@ class _CachedDefinition:
     claim: TenantClaim | None
     devices: DomainDevices  # hostdev PCI addresses and mdev UUIDs, for VF and GPU attribution
     fetched_at: float
+
+
+class _Gone(enum.Enum):
+    """The domain was destroyed between listing it and asking about it: normal churn.
+
+    A return value rather than an exception, so that mypy makes every caller handle it.
+    """
+
+    VANISHED = enum.auto()
+
+
+_VANISHED: Literal[_Gone.VANISHED] = _Gone.VANISHED
+_Control = tuple[int | None, float]  # virDomainControlState (None: unknown), seconds in it
 
 
 @dataclass(frozen=True)
@@ -272,16 +286,15 @@ class LibvirtSource:
     ) -> None:
         """Find which domain an overrun chunk is stuck on, quarantine it, retry the others."""
         loop = asyncio.get_running_loop()
-        handles = [listing.handles[uuid] for uuid in uuids]
         try:
             controls = await self._main.call(
-                lambda: [self._control_info(dom) for dom in handles], deadline - loop.time()
+                lambda: self._control_states(uuids, listing.handles), deadline - loop.time()
             )
         except SourceError:
             return
         now = time.time()
         rest = []
-        for uuid, (state, seconds) in zip(uuids, controls, strict=True):
+        for uuid, (state, seconds) in controls.items():
             # A healthy monitor answers in milliseconds; the domain our abandoned call waits on
             # has been occupied ever since the call reached it.
             if state == CONTROL_OCCUPIED and seconds >= STUCK_MONITOR_SECONDS:
@@ -365,13 +378,14 @@ class LibvirtSource:
         now = time.monotonic()
         for dom in handles:
             uuid = dom.UUIDString()
-            try:
-                state, seconds = self._control_info(dom)
-            except _Vanished:
-                continue  # destroyed between list and now: normal churn
-            domains.append(ListedDomain(uuid, dom.name(), state, seconds))
-            by_uuid[uuid] = dom
+            control = self._control_info(dom)
+            if control is _VANISHED:
+                continue
             cached = self._cached_metadata(libvirt, dom, uuid, now)
+            if cached is _VANISHED:
+                continue
+            domains.append(ListedDomain(uuid, dom.name(), *control))
+            by_uuid[uuid] = dom
             claims[uuid] = cached.claim if cached else None
             if cached and cached.devices.pci:
                 pci_devices[uuid] = cached.devices.pci
@@ -383,15 +397,24 @@ class LibvirtSource:
             del self._raw[gone]
         return _Listing(tuple(domains), by_uuid, claims, pci_devices, mdev_devices)
 
-    def _control_info(self, dom: Any) -> tuple[int | None, float]:
+    def _control_info(self, dom: Any) -> _Control | Literal[_Gone.VANISHED]:
         libvirt = _libvirt()
         try:
             state, _details, state_ms = dom.controlInfo()
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                raise _Vanished from exc
+                return _VANISHED
             return None, 0.0  # inactive domains have no control interface
         return int(state), state_ms / 1000.0
+
+    def _control_states(self, uuids: list[str], handles: dict[str, Any]) -> dict[str, _Control]:
+        """The control state of each of `uuids` that still exists."""
+        controls = {}
+        for uuid in uuids:
+            control = self._control_info(handles[uuid])
+            if control is not _VANISHED:
+                controls[uuid] = control
+        return controls
 
     def _stats(
         self, uuids: list[str], groups: tuple[str, ...]
@@ -485,7 +508,7 @@ class LibvirtSource:
 
     def _cached_metadata(
         self, libvirt: Any, dom: Any, uuid: str, now: float
-    ) -> _CachedDefinition | None:
+    ) -> _CachedDefinition | Literal[_Gone.VANISHED] | None:
         with self._stale_lock:
             stale = uuid in self._stale
             self._stale.discard(uuid)
@@ -503,14 +526,17 @@ class LibvirtSource:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
                     xml_by_namespace[namespace] = None
                     continue
-                # The domain vanished between list and metadata, or libvirt hiccuped: normal
-                # churn. Keep what we had and try again next cycle.
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return _VANISHED
+                # libvirt hiccuped: keep what we had and try again next cycle.
                 log.debug("metadata of %s unavailable: %s", uuid, _describe(exc))
                 return cached
         try:
             # The live definition: hostdevs attached at run time appear here. No monitor call.
             devices = domain_devices(dom.XMLDesc(0))
         except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return _VANISHED
             log.debug("definition of %s unavailable: %s", uuid, _describe(exc))
             return cached
         claim = parse_tenant(xml_by_namespace, self._rules)
@@ -539,10 +565,6 @@ class LibvirtSource:
     def _mark_stale(self, dom: Any) -> None:
         with self._stale_lock:
             self._stale.add(dom.UUIDString())
-
-
-class _Vanished(Exception):
-    """The domain was destroyed between listing it and asking about it."""
 
 
 def _describe(exc: Any) -> str:

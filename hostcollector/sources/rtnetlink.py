@@ -85,6 +85,8 @@ def parse_link(data: bytes) -> LinkInfo:
     name = num_vf = None
     link_stats: dict[str, int] = {}
     vfs: list[dict[str, Any]] = []
+    if len(data) < _HEADERS:
+        return LinkInfo(None, None, link_stats, ())  # cut before the first attribute
     (length,) = struct.unpack_from("=I", data, 0)
     end = min(length, len(data))
     for kind, start, stop in _attributes(data, _HEADERS, end):

@@ -65,8 +65,10 @@ def build_pf_sample(
     expected = max(pf.numvfs, link.num_vf or 0)
     truncated = len(seen) < expected
     if truncated:
-        for index in range(expected):
-            if index in seen:
+        # Only the VFs sysfs lists (virtfnN): IFLA_NUM_VF is a u32 from a message, and a loop up
+        # to it could run for 4 billion lookups.
+        for index in sorted(pf.vf_pci.keys() - seen):
+            if index >= expected:
                 continue
             counters = sysfs_stats(pf.name, index)
             if counters:  # otherwise left out: a missing VF is never shown as zeros

@@ -1,11 +1,14 @@
 """The JSON API's answers as typed records (`parse_documents`), tolerant of absent fields;
-an answer not in the API's shape is a `FetchError`."""
+an answer not in the API's shape is a `FetchError`. Every text in the records is `visible`:
+safe to print, whatever a tenant wrote in it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from hostcollector.top.text import visible
 
 API = "/api/v1"
 
@@ -103,7 +106,12 @@ def _integer(value: Any) -> int | None:
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    # The one way text leaves the API's answers: names, tenant IDs and errors are tenants'.
+    return visible(value) if isinstance(value, str) else ""
+
+
+def _optional_text(value: Any) -> str | None:
+    return _text(value) if isinstance(value, str) else None
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -120,16 +128,20 @@ def _counters(prefixes: Iterable[tuple[str, Any, str]]) -> dict[str, float]:
     return found
 
 
+def _device(record: dict[str, Any]) -> str:
+    return visible(str(record.get("device")))
+
+
 def parse_vm(item: dict[str, Any]) -> Vm:
     memory = _dict(item.get("memory"))
     blocks = [b for b in item.get("blocks") or () if isinstance(b, dict)]
     nics = [n for n in item.get("interfaces") or () if isinstance(n, dict)]
     counters = _counters(
         [("cpu", item, "cpu_time_seconds")]
-        + [(f"rd:{b.get('device')}", b, "read_bytes") for b in blocks]
-        + [(f"wr:{b.get('device')}", b, "write_bytes") for b in blocks]
-        + [(f"rx:{n.get('device')}", n, "receive_bytes") for n in nics]
-        + [(f"tx:{n.get('device')}", n, "transmit_bytes") for n in nics]
+        + [(f"rd:{_device(b)}", b, "read_bytes") for b in blocks]
+        + [(f"wr:{_device(b)}", b, "write_bytes") for b in blocks]
+        + [(f"rx:{_device(n)}", n, "receive_bytes") for n in nics]
+        + [(f"tx:{_device(n)}", n, "transmit_bytes") for n in nics]
     )
     return Vm(
         uuid=_text(item.get("uuid")),
@@ -149,7 +161,7 @@ def parse_vm(item: dict[str, Any]) -> Vm:
 def parse_vf(item: dict[str, Any]) -> Vf:
     vf = _dict(item.get("vf"))
     return Vf(
-        key=f"{vf.get('pf')}/{vf.get('index')}",
+        key=visible(f"{vf.get('pf')}/{vf.get('index')}"),
         vm_uuid=_text(item.get("vm_uuid")),
         counters=_counters([("rx", vf, "receive_bytes"), ("tx", vf, "transmit_bytes")]),
     )
@@ -180,7 +192,7 @@ def parse_sources(document: Any) -> tuple[Source, ...] | None:
             name=_text(item.get("name")),
             up=item.get("up") is True,
             last_success_age=_number(item.get("last_success_age_seconds")),
-            last_error=item.get("last_error") if isinstance(item.get("last_error"), str) else None,
+            last_error=_optional_text(item.get("last_error")),
             last_success_at=_number(item.get("last_success_timestamp_seconds")),
         )
         for item in _items(document, "sources")
@@ -207,4 +219,4 @@ def parse_documents(vms: Any, gpus: Any, vfs: Any, sources: Any, *, fetched_at: 
 def _source_times(value: Any) -> dict[str, float]:
     if not isinstance(value, dict):
         return {}
-    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float)}
+    return {visible(str(k)): float(v) for k, v in value.items() if isinstance(v, int | float)}

@@ -1,5 +1,6 @@
 """Text layout, pure: history + view + width -> the lines of one frame (`frame`), which
-`--once` prints and the curses loop draws."""
+`--once` prints and the curses loop draws. Widths are terminal cells (text.cells), not
+characters: an escaped name is longer than it was, a CJK one twice as wide."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from hostcollector.top.rows import (
     tenant_rows,
     vm_rows,
 )
+from hostcollector.top.text import cells, clip, pad, visible
 
 SHORT_TENANT = 8
 FULL_TENANT = 32
@@ -101,35 +103,33 @@ NOTE = Column("NOTE", 0, note, right=False)  # width 0: the rest of the line
 
 
 def _tenant_label(tenant: str, width: int) -> str:
-    return (tenant or NO_TENANT)[:width]
+    return clip(tenant or NO_TENANT, width)
 
 
 def columns(view: View, rows: Sequence[Row], width: int) -> list[Column]:
     """The table's columns; tenant IDs in full if the row still fits `width`, else shortened."""
     fixed = sum(c.width + 1 for c in FIGURES)
     if view.tenants:
-        name_width = max([len(r.name) for r in rows] + [len("TENANT")])
+        name_width = max([cells(r.name) for r in rows] + [len("TENANT")])
         if fixed + name_width > width:
             name_width = max(SHORT_TENANT, len("TENANT"))
-        name = Column("TENANT", name_width, lambda r: r.name[:name_width], right=False)
+        name = Column("TENANT", name_width, lambda r: r.name, right=False)
         return [name, Column("VMS", 4, lambda r: str(r.vms)), *FIGURES, NOTE]
-    name_width = min(max([len(r.name) for r in rows] + [len("NAME")]), FULL_TENANT)
+    name_width = min(max([cells(r.name) for r in rows] + [len("NAME")]), FULL_TENANT)
     state = Column("STATE", 8, lambda r: r.state, right=False)
     tenant_width = FULL_TENANT
     if name_width + tenant_width + state.width + 3 + fixed > width:
         tenant_width = SHORT_TENANT
     tenant = Column("TENANT", tenant_width, lambda r: _tenant_label(r.tenant, tenant_width), False)
-    name = Column("NAME", name_width, lambda r: r.name[:name_width], right=False)
+    name = Column("NAME", name_width, lambda r: r.name, right=False)
     return [name, tenant, state, *FIGURES, NOTE]
 
 
-def table_line(cells: Sequence[tuple[Column, str]]) -> str:
-    parts = []
-    for column, text in cells:
-        if column.width:
-            text = text[: column.width]
-        parts.append(text.rjust(column.width) if column.right else text.ljust(column.width))
-    return " ".join(parts).rstrip()
+def table_line(entries: Sequence[tuple[Column, str]]) -> str:
+    """One line of the table from each column's text, cut or padded to the column's width."""
+    return " ".join(
+        pad(text, column.width, right=column.right) for column, text in entries
+    ).rstrip()
 
 
 def table(view: View, rows: Sequence[Row], width: int) -> list[str]:
@@ -184,14 +184,16 @@ def frame(
     error: str | None = None,
     hint: bool = False,
 ) -> list[str]:
-    """The whole screen as lines of at most `width` characters: title, sources, the last
-    fetch's error if it failed, the keys (with `hint`), a blank line, then the table (its first
-    line names the columns)."""
+    """The whole screen as lines of at most `width` cells: title, sources, the last fetch's
+    error if it failed, the keys (with `hint`), a blank line, then the table (its first line
+    names the columns). `error` may quote the server: it is shown `visible`, like the
+    documents' text."""
+    url = visible(url)
     documents = history.latest
     lines = [title_line(url, now, view, documents), sources_line(documents)]
     if error is not None:
         shown = f" (showing data from {clock(documents.fetched_at)})" if documents else ""
-        lines.append(f"error: {error}{shown}")
+        lines.append(f"error: {visible(error)}{shown}")
     if hint:
         lines.append(KEYS_HINT)
     lines.append("")
@@ -202,7 +204,7 @@ def frame(
         if view.tenants:
             rows = tenant_rows(rows)
         lines += table(view, sort_rows(rows, view), width)
-    return [line[: max(width, 0)].rstrip() for line in lines]
+    return [clip(line, width).rstrip() for line in lines]
 
 
 def frame_from(

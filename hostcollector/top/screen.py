@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import curses
+import io
 import locale
 import os
 import queue
@@ -18,6 +19,7 @@ from hostcollector.top.client import Client, SetupError, fetch_or_error, make_cl
 from hostcollector.top.documents import Documents
 from hostcollector.top.layout import frame
 from hostcollector.top.rows import SORTS, History, View, apply_key
+from hostcollector.top.text import pad
 
 INPUT_POLL_MS = 100
 # --once into a pipe or a file: lines are not cut.
@@ -43,7 +45,7 @@ def _draw(screen: curses.window, lines: Sequence[str]) -> None:
         # Writing the bottom-right cell moves the cursor past the screen: curses writes the
         # character, then reports an error.
         with contextlib.suppress(curses.error):
-            screen.addnstr(y, 0, line.ljust(width) if y == header else line, width, attribute)
+            screen.addnstr(y, 0, pad(line, width) if y == header else line, width, attribute)
     screen.refresh()
 
 
@@ -117,6 +119,10 @@ def once(client: Client, interval: float, view: View, width: int) -> int:
     time.sleep(interval)
     live.take(fetch_or_error(client))
     lines = frame(live.history, view, width, url=client.url, now=time.time(), error=live.error)
+    # A name in a script the terminal's encoding lacks (LANG=C over ssh, PYTHONIOENCODING)
+    # is shown as its escape rather than crashing the frame.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     print("\n".join(lines))
     return 0 if live.error is None else 1
 
