@@ -234,6 +234,18 @@ def _first_poll_done(daemon: Daemon) -> bool:
     )
 
 
+def qemu_pid(name: str) -> int:
+    return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+
+
+def sample_times(samples: Samples) -> dict[str, float]:
+    """When each VM's values were sampled, by UUID."""
+    return {
+        labels["vm_uuid"]: value
+        for labels, value in pick(samples, "hostcollector_vm_sample_timestamp_seconds")
+    }
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

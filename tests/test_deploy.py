@@ -203,6 +203,8 @@ CONFIG_VARS = {
     "hostcollector_listen_tls_cert_file": "listen.tls.cert_file",
     "hostcollector_listen_tls_key_file": "listen.tls.key_file",
     "hostcollector_listen_tls_client_ca_file": "listen.tls.client_ca_file",
+    "hostcollector_listen_max_connections": "listen.max_connections",
+    "hostcollector_listen_idle_timeout_seconds": "listen.idle_timeout_seconds",
     "hostcollector_libvirt_enabled": "sources.libvirt.enabled",
     "hostcollector_libvirt_uri": "sources.libvirt.uri",
     "hostcollector_libvirt_interval_seconds": "sources.libvirt.interval_seconds",

@@ -22,8 +22,10 @@ from tests.labkit import (
     Samples,
     one,
     pick,
+    qemu_pid,
     require_lab,
     run_daemon,
+    sample_times,
     scratch_vm,
     virsh,
     wait_until,
@@ -35,22 +37,11 @@ UUIDS = {vm["name"]: vm["uuid"] for vm in LAB_VMS}
 STUCK = "hc-lab-b1"
 
 
-def qemu_pid(name: str) -> int:
-    return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
-
-
 def libvirtd_pids() -> list[int]:
     out = subprocess.run(
         ["ps", "-C", "libvirtd", "-o", "pid=,stat="], capture_output=True, text=True
     )
     return [int(line.split()[0]) for line in out.stdout.splitlines() if "Z" not in line.split()[1]]
-
-
-def sample_times(samples: Samples) -> dict[str, float]:
-    return {
-        labels["vm_uuid"]: value
-        for labels, value in pick(samples, "hostcollector_vm_sample_timestamp_seconds")
-    }
 
 
 def assert_no_duplicate_series(daemon: Daemon) -> None:

@@ -22,17 +22,19 @@ from tests.labkit import (
     Daemon,
     one,
     pick,
+    qemu_pid,
     require_lab,
     run_daemon,
+    sample_times,
     scratch_vm,
     virsh,
     wait_until,
 )
-from tests.test_lab_faults import STUCK, qemu_pid, sample_times
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 UUIDS = {vm["name"]: vm["uuid"] for vm in LAB_VMS}
+STUCK = "hc-lab-b1"
 PARALLEL_CALLS = 2
 # Wide enough that `virsh destroy` fits between the stats call reaching the stopped QEMU and the
 # daemon giving up on it (half the timeout).
