@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both set up what they need.
-.PHONY: bootstrap lab lab-down run test lint unit dump readme-table bench bench-synthetic bench-scale bench-hung bench-lab bench-access test-deploy
+.PHONY: bootstrap lab lab-down run test lint unit dump readme-table bench bench-synthetic bench-scale bench-hung bench-lab bench-access bench-jitter test-deploy
 SHELL := /bin/bash
 VENV := .venv/bin
 
@@ -51,7 +51,7 @@ readme-table: bootstrap
 	i, j = s.index(a) + len(a), s.index(b); p.write_text(s[:i] + metrics_table() + s[j:])'
 
 # Benchmarks write reports to bench-results/; they assert nothing. `make bench` runs them all.
-bench: bench-synthetic bench-scale bench-hung bench-lab bench-access
+bench: bench-synthetic bench-scale bench-hung bench-lab bench-access bench-jitter
 
 # 1,000-5,000 VMs with VFs and vGPUs, backends replaced at their boundary only.
 bench-synthetic: bootstrap
@@ -70,6 +70,11 @@ bench-scale: bootstrap
 bench-access: bootstrap
 	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null
 	$(VENV)/python tests/bench/access.py
+
+# 20 collectors through a store outage into one receiver: spread of their requests, with and
+# without per-host tick offsets and full-jitter backoff (no lab needed).
+bench-jitter: bootstrap
+	$(VENV)/python tests/bench/fleet_jitter.py
 
 # What the collector costs per poll and per scrape on the lab.
 bench-lab: bootstrap

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hostcollector.errors import ConfigError
+from hostcollector.metrics import ALL_FAMILIES
 from hostcollector.yaml_input import load_yaml, quote
 
 # Stats groups of virConnectGetAllDomainStats, by the name `virsh domstats` uses.
@@ -258,6 +259,38 @@ RESERVED_HEADERS = frozenset(
 )
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
+# Every label a series of hostcollector's carries (VM_INFO's "..." stands for info_labels,
+# checked against them where both are known): an external label of that name would either be
+# dropped (a series' own label wins, as in Prometheus) or make two hosts' series one.
+SERIES_LABELS = frozenset(
+    {label for family in ALL_FAMILIES for label in family.labels if label != "..."} | {"__name__"}
+)
+# Names that say which machine a series comes from: a tenant endpoint must not send them (which of
+# a tenant's VMs share a host is the cloud's to know) unless host_identity says it may.
+HOST_IDENTITY_LABELS = frozenset(
+    {"instance", "host", "hostname", "host_name", "node", "nodename", "node_name", "hypervisor"}
+)
+MAX_EXTERNAL_LABEL_NAME = 128
+# Mimir's default max_label_value_length is 2048; a host name is at most 253.
+MAX_EXTERNAL_LABEL_VALUE = 1024
+
+
+def _external_label_problems(labels: dict[str, str], where: str) -> list[str]:
+    found = []
+    for name, value in labels.items():
+        key = f"{where}.{_key(name)}"
+        if len(name) > MAX_EXTERNAL_LABEL_NAME or not LABEL_NAME.match(name):
+            found.append(f"{key}: not a valid Prometheus label name")
+        elif name.startswith("__"):
+            found.append(f"{key}: names starting with __ are reserved for Prometheus")
+        elif name in SERIES_LABELS:
+            found.append(f"{key}: hostcollector's series carry this label themselves")
+        if not 0 < len(value) <= MAX_EXTERNAL_LABEL_VALUE or not value.isprintable():
+            found.append(
+                f"{key}: the value must be 1-{MAX_EXTERNAL_LABEL_VALUE} printable characters"
+            )
+    return found
+
 
 @dataclass(frozen=True)
 class ClientTlsConfig:
@@ -293,9 +326,22 @@ class RemoteWriteEndpointConfig:
     max_queue_bytes: int = 256 * 1024 * 1024
     # Requests in flight at once, each for a different tenant (one with split_by_tenant off).
     concurrency: int = 4
+    # Added to every series sent to this endpoint, over remote_write.external_labels.
+    external_labels: dict[str, str] = field(default_factory=dict)
+    # split_by_tenant only: also send this host's identity (instance and remote_write's
+    # external_labels) to the tenants. Off, a tenant cannot tell which of its VMs share a host.
+    host_identity: bool = False
 
     def problems(self) -> list[str]:
-        found = []
+        found = _external_label_problems(self.external_labels, "external_labels")
+        if self.host_identity and not self.split_by_tenant:
+            found.append("host_identity: only meaningful with split_by_tenant: true")
+        if self.split_by_tenant and not self.host_identity:
+            for name in sorted(HOST_IDENTITY_LABELS & set(self.external_labels)):
+                found.append(
+                    f"external_labels.{name}: would tell tenants which host their VMs run on; "
+                    "set host_identity: true if they may know"
+                )
         if not LABEL_NAME.match(self.name):
             found.append("name: letters, digits and _ only (it is a label value and a directory)")
         if not self.url.startswith(("http://", "https://")):
@@ -342,15 +388,27 @@ class RemoteWriteConfig:
     # Batches wait here (one subdirectory per endpoint) until the endpoint took them.
     queue_dir: str = "/var/lib/hostcollector/remote-write"
     endpoints: tuple[RemoteWriteEndpointConfig, ...] = ()
+    # This host's identity (Prometheus' external_labels), on every series sent to an endpoint
+    # without split_by_tenant: instance is this host's name unless set here.
+    external_labels: dict[str, str] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
-        found = []
+        found = _external_label_problems(self.external_labels, "external_labels")
         if self.interval_seconds < 1:
             found.append("interval_seconds: must be at least 1")
         names = [endpoint.name for endpoint in self.endpoints]
         if len(set(names)) != len(names):
             found.append("endpoints: names must be unique")
         return found
+
+    def external_labels_for(
+        self, endpoint: RemoteWriteEndpointConfig, host_name: str
+    ) -> tuple[tuple[str, str], ...]:
+        """The labels the endpoint adds to every series, sorted by name."""
+        labels: dict[str, str] = {}
+        if endpoint.host_identity or not endpoint.split_by_tenant:
+            labels = {"instance": host_name, **self.external_labels}
+        return tuple(sorted({**labels, **endpoint.external_labels}.items()))
 
 
 @dataclass(frozen=True)
@@ -366,6 +424,21 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     remote_write: RemoteWriteConfig = field(default_factory=RemoteWriteConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def problems(self) -> list[str]:
+        """Checks across sections: a VM's info labels are series labels too."""
+        remote_write = self.remote_write
+        found = []
+        for where, labels in (
+            ("remote_write.external_labels", remote_write.external_labels),
+            *(
+                (f"remote_write.endpoints[{i}].external_labels", e.external_labels)
+                for i, e in enumerate(remote_write.endpoints)
+            ),
+        ):
+            for name in sorted(set(labels) & set(self.attribution.info_labels)):
+                found.append(f"{where}.{name}: also in attribution.info_labels (a VM's label)")
+        return found
 
 
 # A config is a few kilobytes; the bound keeps a path to /dev/zero or a huge file from

@@ -235,6 +235,7 @@ CONFIG_VARS = {
     "hostcollector_remote_write_interval_seconds": "remote_write.interval_seconds",
     "hostcollector_remote_write_queue_dir": "remote_write.queue_dir",
     "hostcollector_remote_write_endpoints": "remote_write.endpoints",
+    "hostcollector_remote_write_external_labels": "remote_write.external_labels",
     "hostcollector_log_level": "logging.level",
 }
 
@@ -299,7 +300,15 @@ def test_argument_specs_document_every_default() -> None:
     options = specs["argument_specs"]["main"]["options"]
     defaults = role_defaults()
     assert set(options) == set(defaults)
-    kinds = {"str": str, "path": str, "int": int, "float": float, "bool": bool, "list": list}
+    kinds = {
+        "str": str,
+        "path": str,
+        "int": int,
+        "float": float,
+        "bool": bool,
+        "list": list,
+        "dict": dict,
+    }
     for name, option in options.items():
         assert option.get("description"), f"{name} has no description"
         assert option["default"] == defaults[name], f"{name}: argument_specs default differs"

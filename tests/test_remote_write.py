@@ -55,7 +55,9 @@ def test_encoded_series_decode_to_the_exposition(tmp_path: Path) -> None:
     )
     encoded = writer.encode(snapshot, 1_700_000_000_123)
     decoded = decode_write_request(b"".join(encoded.all), compressed=False)
-    expected = [({"__name__": n} | {k: v for k, v in parse_labels(t) if v}, [(1_700_000_000_123, float(v))])
+    # The SRE view carries the host's identity (instance: its name) on every series.
+    expected = [({"__name__": n, "instance": writer.identity} | {k: v for k, v in parse_labels(t) if v},
+                 [(1_700_000_000_123, float(v))])
                 for n, t, v in series(snapshot)]  # fmt: skip
     assert decoded == expected
     assert len(decoded) > 200

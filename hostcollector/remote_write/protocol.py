@@ -79,20 +79,29 @@ STALE_NAN = struct.pack("<Q", 0x7FF0000000000002)
 
 class SeriesEncoder:
     """Encodes exposition series (family name, label text, value) for one timestamp, caching
-    each label set's encoding and tenant: a VM's label text repeats on every family it has."""
+    each label set's encoding and tenant: a VM's label text repeats on every family it has.
+    `external` labels (the endpoint's external_labels) are added to every series that does not
+    carry a label of that name itself, as Prometheus does."""
 
-    def __init__(self) -> None:
+    def __init__(self, external: LabelPairs = ()) -> None:
+        self._external = external
         self._names: dict[str, bytes] = {}
-        self._label_sets: dict[str, tuple[bytes, str]] = {}
+        # label text -> (labels sorting before __name__, those after, the tenant)
+        self._label_sets: dict[str, tuple[bytes, bytes, str]] = {}
 
-    def label_set(self, text: str) -> tuple[bytes, str]:
-        """(the encoded labels, sorted; the value of tenant_id or "")."""
+    def label_set(self, text: str) -> tuple[bytes, bytes, str]:
+        """(the encoded labels that sort before __name__ and those after, each sorted; the value
+        of tenant_id or ""). Before: names starting with an upper-case letter (or _ and one)."""
         cached = self._label_sets.get(text)
         if cached is None:
             # An empty value is no label, as in a scrape (the spec: values must not be empty).
             pairs = [(n, v) for n, v in parse_labels(text) if v]
-            encoded = b"".join(encode_label(n, v) for n, v in sorted(pairs))
-            cached = self._label_sets[text] = (encoded, dict(pairs).get("tenant_id", ""))
+            own = {n for n, _ in pairs}
+            pairs += [(n, v) for n, v in self._external if n not in own]
+            ordered = sorted(pairs)
+            before = b"".join(encode_label(n, v) for n, v in ordered if n < "__name__")
+            after = b"".join(encode_label(n, v) for n, v in ordered if n > "__name__")
+            cached = self._label_sets[text] = (before, after, dict(pairs).get("tenant_id", ""))
         return cached
 
     def prefix(self, name: str, labels_text: str, tail_length: int) -> tuple[bytes, str]:
@@ -102,11 +111,10 @@ class SeriesEncoder:
         name_bytes = self._names.get(name)
         if name_bytes is None:
             name_bytes = self._names[name] = encode_label("__name__", name)
-        labels, tenant = self.label_set(labels_text)
+        before, after, tenant = self.label_set(labels_text)
         sample_length = 1 + 8 + tail_length
-        # __name__ sorts before every lowercase label name, so it goes first.
-        body_length = len(name_bytes) + len(labels) + 2 + sample_length
-        head = b"\x0a" + varint(body_length) + name_bytes + labels
+        body_length = len(before) + len(name_bytes) + len(after) + 2 + sample_length
+        head = b"\x0a" + varint(body_length) + before + name_bytes + after
         return head + b"\x12" + bytes([sample_length]) + b"\x09", tenant
 
     def forget(self) -> None:

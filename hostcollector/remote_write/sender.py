@@ -2,7 +2,8 @@
 (up to `concurrency`), so one tenant the store throttles (429) does not hold up the others.
 
 A 2xx removes the batch. A 5xx, a 429 or no answer keeps it and retries after a backoff
-(0.5 s doubling to 30 s, or the store's Retry-After). Any other 4xx means the store will never
+(full jitter: uniform up to 0.5 s doubling to 30 s, after the store's Retry-After if it gave
+one; schedule.py). Any other 4xx means the store will never
 take it (malformed, too old): it is dropped and counted, and the store's reason logged (the
 first ERROR_BODY_BYTES of its answer: a store's answer is input too, and may never end).
 """
@@ -26,11 +27,10 @@ from hostcollector.reloading import ReloadingFiles, json_object, read_bytes
 from hostcollector.remote_write.protocol import CONTENT_ENCODING, CONTENT_TYPE, VERSION_HEADER
 from hostcollector.remote_write.queue import Batch, DiskQueue
 from hostcollector.remote_write.routing import Route, UnsafeRoute, tenant_id_problem
+from hostcollector.remote_write.schedule import retry_delay
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BACKOFF_MIN_SECONDS = 0.5
-BACKOFF_MAX_SECONDS = 30.0
 MAX_RETRY_AFTER_SECONDS = 300.0
 # On shutdown, how long requests in flight may take to finish (systemd waits 90 s by default).
 CLOSE_GRACE_SECONDS = 5.0
@@ -109,9 +109,12 @@ def parse_tenant_ids(data: bytes) -> dict[str, str]:
 
 
 class EndpointSender:
-    def __init__(self, config: RemoteWriteEndpointConfig, queue: DiskQueue) -> None:
+    def __init__(
+        self, config: RemoteWriteEndpointConfig, queue: DiskQueue, jitter: bool = True
+    ) -> None:
         self.config = config
         self.queue = queue
+        self._jitter = jitter  # False only for the fleet benchmark's "before"
         self.sent_total = 0
         self.failed_total = 0
         self.last_success: float | None = None
@@ -155,7 +158,7 @@ class EndpointSender:
             )
 
     async def _deliver(self, tenant: str) -> None:
-        backoff = BACKOFF_MIN_SECONDS
+        failures = 0
         while not self._closing.is_set() and (batch := self.queue.oldest(tenant)) is not None:
             problem = tenant_id_problem(tenant) if tenant else None
             if problem is not None:
@@ -174,12 +177,11 @@ class EndpointSender:
                 if not isinstance(exc, Unmapped):
                     self.failed_total += batch.samples
                 self.failed(str(exc))
+                failures += 1
+                delay = retry_delay(failures, exc.retry_after, self._jitter)
                 # The backoff, cut short by close(): a waiting lane has nothing in flight.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._closing.wait(), max(backoff, exc.retry_after or 0.0)
-                    )
-                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                    await asyncio.wait_for(self._closing.wait(), delay)
                 continue
             except Rejected as exc:
                 self.failed(str(exc))
@@ -189,7 +191,7 @@ class EndpointSender:
                 self.failed(str(exc))
                 self.queue.drop(batch, "corrupt")
                 continue
-            backoff = BACKOFF_MIN_SECONDS
+            failures = 0
             self.queue.remove(batch)
             self.sent_total += batch.samples
             self.last_success = time.time()

@@ -1,6 +1,7 @@
 """Turns snapshots into remote-write batches for every endpoint, on a fixed wall-clock grid.
 
-Every `interval_seconds` (aligned to the clock, so samples stay evenly spaced across restarts)
+Every `interval_seconds`, at this host's own offset within the interval (schedule.py: a fleet
+spreads its writes; the grid stays fixed, so samples stay evenly spaced across restarts),
 the current snapshot is encoded once, as a scrape would read it: all series for endpoints of
 the SRE view, and per tenant (only series whose tenant_id is that tenant) for split endpoints.
 Series gone since the last tick get Prometheus's staleness marker. Encoding and the queue's
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -22,12 +24,14 @@ from hostcollector.exposition import series
 from hostcollector.model import RemoteWriteStatus, Snapshot
 from hostcollector.remote_write.protocol import (
     STALE_NAN,
+    LabelPairs,
     SeriesEncoder,
     compress,
     pack_value,
     sample_tail,
 )
 from hostcollector.remote_write.queue import DiskQueue, NewBatch
+from hostcollector.remote_write.schedule import host_offset_ms, interval_ms, next_tick_ms
 from hostcollector.remote_write.sender import EndpointSender
 
 log = logging.getLogger(__name__)
@@ -41,32 +45,65 @@ def snapshot_ready(snapshot: Snapshot) -> bool:
     return all(s.polls_total > 0 for s in snapshot.sources)
 
 
-class Encoded:
-    """One tick's series bytes: all of them, and by tenant."""
+# How endpoints read a tick: (split_by_tenant, the external labels they add). Each distinct view
+# is encoded once, however many endpoints share it.
+ViewKey = tuple[bool, LabelPairs]
+# A series (name, label text) -> (its encoded prefix in each view, its tenant)
+Prefixes = dict[tuple[str, str], tuple[tuple[bytes, ...], str]]
 
-    def __init__(self) -> None:
-        self.all: list[bytes] = []
-        self.by_tenant: defaultdict[str, list[bytes]] = defaultdict(list)
+
+class Encoded:
+    """One tick's series bytes, per view, by tenant ("" in a view of all series)."""
+
+    def __init__(self, keys: list[ViewKey]) -> None:
+        self.views: dict[ViewKey, defaultdict[str, list[bytes]]] = {
+            key: defaultdict(list) for key in keys
+        }
+
+    @property
+    def all(self) -> list[bytes]:
+        """The series of the first view of all series (what tests and benchmarks read)."""
+        return next((parts[""] for (split, _), parts in self.views.items() if not split), [])
+
+    @property
+    def by_tenant(self) -> Mapping[str, list[bytes]]:
+        """The first split view's series, by tenant."""
+        return next((parts for (split, _), parts in self.views.items() if split), {})
 
 
 class RemoteWriter:
-    def __init__(self, config: RemoteWriteConfig, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self,
+        config: RemoteWriteConfig,
+        snapshot: Callable[[], Snapshot],
+        identity: str | None = None,
+        jitter: bool = True,
+    ) -> None:
+        """`identity` names the host for its tick offset (the host name by default);
+        `jitter=False` is the shared grid and fixed backoff from before, for the fleet
+        benchmark's comparison only."""
         self.config = config
         self._snapshot = snapshot
-        self._encoder = SeriesEncoder()
-        # The last tick's series (name, label text) -> (encoded prefix, tenant): reused by the
-        # next tick, and what it compares with for staleness markers.
-        self._prefixes: dict[tuple[str, str], tuple[bytes, str]] = {}
+        self.identity = socket.gethostname() if identity is None else identity
+        self.offset_ms = host_offset_ms(self.identity, config.interval_seconds) if jitter else 0
+        self._view_keys = [
+            (e.split_by_tenant, config.external_labels_for(e, self.identity))
+            for e in config.endpoints
+        ]
+        self._views = list(dict.fromkeys(self._view_keys))
+        self._encoders = [SeriesEncoder(external) for _, external in self._views]
+        # The last tick's prefixes: reused by the next tick, and what it compares with for
+        # staleness markers.
+        self._prefixes: Prefixes = {}
         self._tail_length = 0
         self.senders = [
             EndpointSender(
                 endpoint,
                 DiskQueue(Path(config.queue_dir) / endpoint.name, endpoint.max_queue_bytes),
+                jitter,
             )
             for endpoint in config.endpoints
         ]
-        self._split = any(e.split_by_tenant for e in config.endpoints)
-        self._whole = any(not e.split_by_tenant for e in config.endpoints)
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hc-rw")
         self._task: asyncio.Task[None] | None = None
 
@@ -77,20 +114,23 @@ class RemoteWriter:
 
     async def _run(self) -> None:
         interval = self.config.interval_seconds
+        last_ms = None
         while True:
-            await asyncio.sleep(interval - time.time() % interval)
+            tick_ms = next_tick_ms(time.time(), interval, self.offset_ms)
+            if tick_ms == last_ms:  # woke a hair early (the loop's clock is not the wall's)
+                tick_ms += interval_ms(interval)
+            await asyncio.sleep(max(0.0, tick_ms / 1000 - time.time()))
+            last_ms = tick_ms
             snapshot = self._snapshot()
             if not snapshot_ready(snapshot):
                 continue
-            await self.tick(snapshot, int(time.time() * 1000))
+            await self.tick(snapshot, tick_ms)
 
     async def tick(self, snapshot: Snapshot, timestamp_ms: int) -> None:
         loop = asyncio.get_running_loop()
-        whole, split = await loop.run_in_executor(
-            self._thread, self._batches, snapshot, timestamp_ms
-        )
-        for sender in self.senders:
-            batches = split if sender.config.split_by_tenant else whole
+        by_view = await loop.run_in_executor(self._thread, self._batches, snapshot, timestamp_ms)
+        for sender, view in zip(self.senders, self._view_keys, strict=True):
+            batches = by_view[view]
             try:
                 written = await loop.run_in_executor(self._thread, sender.queue.write, batches)
             except OSError as exc:  # a full or read-only disk: this tick is lost, not the daemon
@@ -100,11 +140,9 @@ class RemoteWriter:
             sender.queue.add(written)
             sender.kick()
 
-    def _batches(
-        self, snapshot: Snapshot, timestamp_ms: int
-    ) -> tuple[list[NewBatch], list[NewBatch]]:
-        """The tick's compressed batches, once per view however many endpoints share it:
-        (all series, by tenant). Runs in the writer's thread, off the event loop."""
+    def _batches(self, snapshot: Snapshot, timestamp_ms: int) -> dict[ViewKey, list[NewBatch]]:
+        """The tick's compressed batches, once per view however many endpoints share it.
+        Runs in the writer's thread, off the event loop."""
         encoded = self.encode(snapshot, timestamp_ms)
 
         def pack(parts: Mapping[str, list[bytes]]) -> list[NewBatch]:
@@ -114,38 +152,41 @@ class RemoteWriter:
                 for chunk in _chunks(items)
             ]
 
-        return pack({"": encoded.all}), pack(encoded.by_tenant)
+        return {key: pack(parts) for key, parts in encoded.views.items()}
 
     def encode(self, snapshot: Snapshot, timestamp_ms: int) -> Encoded:
-        """The tick's series, each `prefix + value + tail`: the per-series work is a dict
-        lookup and a concatenation (~1 us), the prefixes kept from the last tick."""
+        """The tick's series, each `prefix + value + tail`: the per-series work is one dict
+        lookup and a concatenation per view (~1 us), the prefixes kept from the last tick."""
         tail = sample_tail(timestamp_ms)
         previous = self._prefixes if self._tail_length == len(tail) else {}
-        self._encoder.forget()
-        prefix_of = self._encoder.prefix
-        current: dict[tuple[str, str], tuple[bytes, str]] = {}
-        out = Encoded()
-        whole, split = self._whole, self._split
-        add_all, by_tenant = out.all.append, out.by_tenant
+        current: Prefixes = {}
+        out = Encoded(self._views)
+        whole = [(i, out.views[key][""].append) for i, key in enumerate(self._views) if not key[0]]
+        split = [(i, out.views[key]) for i, key in enumerate(self._views) if key[0]]
+        for encoder in self._encoders:
+            encoder.forget()
         for name, labels_text, value in series(snapshot):
             key = (name, labels_text)
             entry = previous.get(key)
             if entry is None:
-                entry = prefix_of(name, labels_text, len(tail))
+                encoded = [e.prefix(name, labels_text, len(tail)) for e in self._encoders]
+                entry = (tuple(prefix for prefix, _ in encoded), encoded[0][1] if encoded else "")
             current[key] = entry
-            data = entry[0] + pack_value(value) + tail
-            if whole:
-                add_all(data)
+            prefixes, tenant = entry
+            sample = pack_value(value) + tail
+            for i, add in whole:
+                add(prefixes[i] + sample)
             # Unattributed and host series have no tenant: they never go to a tenant endpoint.
-            if split and entry[1]:
-                by_tenant[entry[1]].append(data)
-        for key, (prefix, tenant) in previous.items():
+            if tenant:
+                for i, by_tenant in split:
+                    by_tenant[tenant].append(prefixes[i] + sample)
+        for key, (prefixes, tenant) in previous.items():
             if key not in current:  # gone since the last tick: a staleness marker
-                data = prefix + STALE_NAN + tail
-                if whole:
-                    add_all(data)
-                if split and tenant:
-                    by_tenant[tenant].append(data)
+                for i, add in whole:
+                    add(prefixes[i] + STALE_NAN + tail)
+                if tenant:
+                    for i, by_tenant in split:
+                        by_tenant[tenant].append(prefixes[i] + STALE_NAN + tail)
         self._prefixes, self._tail_length = current, len(tail)
         return out
 
