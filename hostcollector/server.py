@@ -85,7 +85,9 @@ class ConnectionGuard:
         self._busy.discard(transport)
 
     def request_started(self, transport: asyncio.BaseTransport | None) -> None:
-        if transport is not None and self._waiting.pop(transport, 0) is None:
+        # Only a connection the guard admitted (and has not evicted) becomes busy.
+        if transport is not None and transport in self._waiting:
+            del self._waiting[transport]
             self._busy.add(transport)
 
     def request_done(self, transport: asyncio.BaseTransport | None) -> None:
