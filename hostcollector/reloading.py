@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import json
 import logging
 import os
@@ -29,13 +30,20 @@ log = logging.getLogger(__name__)
 # Tokens, TLS files, a bearer token, a tenant-id map: all far below this.
 DEFAULT_MAX_BYTES = 1024 * 1024
 
+# A file's timestamps advance by the kernel's clock tick (4 ms at HZ=250), by a second on some
+# network and overlay filesystems, by two on FAT: a rewrite of the same size within one tick
+# leaves its stat unchanged. While any file's mtime or ctime is this recent, its state is
+# "racy" (git's word for the same problem) and its content is compared as well.
+RACY_WINDOW_NS = 3_000_000_000
+
 
 class ReloadingFiles(Generic[T]):
     """`current()` calls `load()` again when any of `paths` changed and keeps its result; when
     `load` fails the last good value stays.
 
     A change is any difference in the files' stat: mtime, ctime (so a `chmod` or `chown` that
-    makes a file readable again is noticed), size, inode, device, mode or owner. The first check
+    makes a file readable again is noticed), size, inode, device, mode or owner; and, while the
+    files' timestamps are too recent to tell two writes apart, their content. The first check
     runs in the caller; later ones, when called on a running event loop, in a thread, so the
     value changes a moment after the file did. `min_check_seconds` bounds how often the files
     are stat'ed (0: on every call)."""
@@ -56,6 +64,7 @@ class ReloadingFiles(Generic[T]):
         self._load = load
         self._value = empty
         self._seen: tuple[tuple[int, ...], ...] | None = None
+        self._seen_digest: bytes | None = None  # set only while `_seen` is racy
         self._min_check = min_check_seconds
         self._checked_at = float("-inf")
         self._checked_once = False
@@ -105,9 +114,17 @@ class ReloadingFiles(Generic[T]):
             self._seen = None  # whatever comes back is new
             self._fail(f"cannot stat {exc.filename}: {exc.strerror}")
             return
-        if seen == self._seen:
-            return
+        racy = _racy(seen, time.time_ns())
+        # Content is compared while the state is racy, and once more when it stops being so:
+        # a same-tick rewrite after the last racy check shows in nothing else.
+        digest = None
+        if racy or self._seen_digest is not None:
+            digest = _digest(self.paths, self.max_bytes)
+        unchanged = seen == self._seen and digest == self._seen_digest
         self._seen = seen
+        self._seen_digest = digest if racy else None
+        if unchanged:
+            return
         for path, identity in zip(self.paths, seen, strict=True):
             problem = _unreadable(identity, self.max_bytes)
             if problem:
@@ -161,6 +178,23 @@ def _identity(path: str) -> tuple[int, ...]:
         st.st_mtime_ns,
         st.st_ctime_ns,
     )
+
+
+def _racy(seen: tuple[tuple[int, ...], ...], now_ns: int) -> bool:
+    # A timestamp in the future (a clock stepped back) counts as recent: content is compared.
+    return any(now_ns - max(identity[6], identity[7]) < RACY_WINDOW_NS for identity in seen)
+
+
+def _digest(paths: tuple[str, ...], max_bytes: int) -> bytes:
+    """The files' content, hashed; a file that cannot be read hashes as a fresh value, so the
+    loader runs and reports why."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        try:
+            digest.update(hashlib.blake2b(read_bytes(path, max_bytes), digest_size=16).digest())
+        except (OSError, ValueError):
+            digest.update(os.urandom(16))
+    return digest.digest()
 
 
 def _unreadable(identity: tuple[int, ...], max_bytes: int) -> str | None:

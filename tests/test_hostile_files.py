@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hostcollector import reloading
 from hostcollector.reloading import ReloadingFiles, json_object, read_bytes
 from hostcollector.tenant_map import MAX_MAP_BYTES, TenantMapFile, parse_tenant_map
 
@@ -102,6 +103,50 @@ def test_a_chmod_alone_triggers_a_reload(tmp_path: Path) -> None:
     assert len(loads) == 3
     files.current()
     assert len(loads) == 3  # nothing changed: not read
+
+
+def frozen_timestamps(monkeypatch: pytest.MonkeyPatch, mtime_ns: int) -> None:
+    """Every file's mtime and ctime read as `mtime_ns`: a filesystem whose clock did not tick
+    between two writes (4 ms at HZ=250, a second on some network filesystems)."""
+    real_identity = reloading._identity
+
+    def identity(path: str) -> tuple[int, ...]:
+        return (*real_identity(path)[:6], mtime_ns, mtime_ns)
+
+    monkeypatch.setattr(reloading, "_identity", identity)
+
+
+def test_a_same_size_rewrite_within_one_clock_tick_is_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI found this: a client certificate rotated a few ms after the first was read, its
+    # stat identical (same inode, size and timestamps), was never loaded.
+    frozen_timestamps(monkeypatch, time.time_ns())
+    path = tmp_path / "cert.pem"
+    path.write_bytes(b"one")
+    files, loads = counting_loader(path)
+    assert files.current() == b"one"
+    path.write_bytes(b"two")
+    assert files.current() == b"two"
+    assert files.current() == b"two"
+    assert loads == [b"one", b"two"], "an unchanged racy state is compared, not reloaded"
+
+
+def test_a_same_tick_rewrite_is_found_after_the_state_stops_being_racy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The TLS files are checked every 5 s, longer than the racy window: the check that finds
+    # the state no longer racy still compares content once.
+    frozen_timestamps(monkeypatch, time.time_ns() - reloading.RACY_WINDOW_NS + 200_000_000)
+    path = tmp_path / "cert.pem"
+    path.write_bytes(b"one")
+    files, loads = counting_loader(path)
+    assert files.current() == b"one"
+    path.write_bytes(b"two")
+    time.sleep(0.3)
+    assert files.current() == b"two"
+    assert files.current() == b"two"
+    assert loads == [b"one", b"two"]
 
 
 def test_checks_on_the_event_loop_run_in_a_thread(tmp_path: Path) -> None:

@@ -408,7 +408,9 @@ def test_a_rotated_client_certificate_is_used_without_a_restart(
                 client_tls = writer.senders[0]._tls
                 assert client_tls is not None
                 before = client_tls.context()
+                deadline = time.monotonic() + 20
                 while client_tls.context() is before:
+                    assert time.monotonic() < deadline, "the new client certificate was not loaded"
                     await asyncio.sleep(0.01)
                 await deliver(writer, [2000])
             finally:
