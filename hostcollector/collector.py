@@ -158,7 +158,12 @@ class Collector:
         # When the served TLS certificate expires (set by the HTTP side when TLS is on).
         self.tls_not_after: Callable[[], float | None] = lambda: None
         self.remote_writer = (
-            RemoteWriter(config.remote_write, lambda: self.exposition.snapshot)
+            RemoteWriter(
+                config.remote_write,
+                lambda: self.exposition.snapshot,
+                # Recorded replays have no libvirt events: every VM is written, as before.
+                handover=getattr(self.sources.get("libvirt"), "handover", None),
+            )
             if config.remote_write.endpoints
             else None
         )

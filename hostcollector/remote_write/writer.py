@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import socket
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from hostcollector.config import RemoteWriteConfig
 from hostcollector.exposition import series
+from hostcollector.handover import Handover
 from hostcollector.model import RemoteWriteStatus, Snapshot
 from hostcollector.remote_write.protocol import (
     STALE_NAN,
@@ -71,6 +73,13 @@ class Encoded:
         return next((parts for (split, _), parts in self.views.items() if split), {})
 
 
+def host_identity(config: RemoteWriteConfig) -> str:
+    """The name the store knows this host by: the configured `instance`, else the host name.
+    The tick offset comes from it, so hosts whose machines share a name (containers, cloned
+    images) but that the operator named apart still spread over the interval."""
+    return config.external_labels.get("instance") or socket.gethostname()
+
+
 class RemoteWriter:
     def __init__(
         self,
@@ -78,13 +87,16 @@ class RemoteWriter:
         snapshot: Callable[[], Snapshot],
         identity: str | None = None,
         jitter: bool = True,
+        handover: Handover | None = None,
     ) -> None:
-        """`identity` names the host for its tick offset (the host name by default);
-        `jitter=False` is the shared grid and fixed backoff from before, for the fleet
-        benchmark's comparison only."""
+        """`identity` names the host for its tick offset (by default the `instance` the
+        operator configured, else the host name); `jitter=False` is the shared grid and fixed
+        backoff from before, for the fleet benchmark's comparison only. `handover` says which
+        VMs this host writes while they live-migrate (handover.py); None: all of them."""
         self.config = config
         self._snapshot = snapshot
-        self.identity = socket.gethostname() if identity is None else identity
+        self._handover = handover
+        self.identity = host_identity(config) if identity is None else identity
         self.offset_ms = host_offset_ms(self.identity, config.interval_seconds) if jitter else 0
         self._view_keys = [
             (e.split_by_tenant, config.external_labels_for(e, self.identity))
@@ -159,6 +171,7 @@ class RemoteWriter:
         lookup and a concatenation per view (~1 us), the prefixes kept from the last tick."""
         tail = sample_tail(timestamp_ms)
         previous = self._prefixes if self._tail_length == len(tail) else {}
+        snapshot, handed_over = self._handover_view(snapshot)
         current: Prefixes = {}
         out = Encoded(self._views)
         whole = [(i, out.views[key][""].append) for i, key in enumerate(self._views) if not key[0]]
@@ -181,7 +194,8 @@ class RemoteWriter:
                 for i, by_tenant in split:
                     by_tenant[tenant].append(prefixes[i] + sample)
         for key, (prefixes, tenant) in previous.items():
-            if key not in current:  # gone since the last tick: a staleness marker
+            if key not in current and not _of_vm(key[1], handed_over):
+                # Gone since the last tick: a staleness marker.
                 for i, add in whole:
                     add(prefixes[i] + STALE_NAN + tail)
                 if tenant:
@@ -189,6 +203,18 @@ class RemoteWriter:
                         by_tenant[tenant].append(prefixes[i] + STALE_NAN + tail)
         self._prefixes, self._tail_length = current, len(tail)
         return out
+
+    def _handover_view(self, snapshot: Snapshot) -> tuple[Snapshot, tuple[str, ...]]:
+        """The snapshot without the VMs another host writes now, and the label-text openings
+        of every VM handed over (their series end without staleness markers)."""
+        if self._handover is None:
+            return snapshot, ()
+        here = tuple(vm for vm in snapshot.vms if self._handover.writes_here(vm))
+        away = {vm.stats.uuid for vm in snapshot.vms} - {vm.stats.uuid for vm in here}
+        away |= self._handover.left()
+        if len(here) < len(snapshot.vms):
+            snapshot = dataclasses.replace(snapshot, vms=here)
+        return snapshot, tuple(f'vm_uuid="{uuid}"' for uuid in sorted(away))
 
     def status(self) -> tuple[RemoteWriteStatus, ...]:
         return tuple(sender.status() for sender in self.senders)
@@ -200,6 +226,12 @@ class RemoteWriter:
         for sender in self.senders:
             await sender.close()
         self._thread.shutdown(wait=True)
+
+
+def _of_vm(labels_text: str, openings: tuple[str, ...]) -> bool:
+    # A VM's own series (exposition.py) open with its vm_uuid; a VF's or GPU's carry the host's
+    # PCI address or GPU UUID, differ between hosts, and end with a marker as usual.
+    return bool(openings) and labels_text.startswith(openings)
 
 
 def _chunks(items: list[bytes]) -> list[list[bytes]]:

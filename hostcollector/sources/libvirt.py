@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from hostcollector.config import LibvirtConfig
 from hostcollector.errors import SourceError
+from hostcollector.handover import Handover
 from hostcollector.model import LibvirtHealth, LibvirtSample, TenantClaim
 from hostcollector.sources.domain_xml import DomainDevices, domain_devices
 from hostcollector.sources.libvirt_stats import carry_over, is_partial, parse_domain_stats
@@ -189,6 +190,9 @@ class LibvirtSource:
         self._metadata: dict[str, _CachedDefinition] = {}
         self._stale: set[str] = set()  # UUIDs whose metadata an event said changed
         self._stale_lock = threading.Lock()
+        # Lifecycle events as far as live migration goes: which VMs remote write leaves to the
+        # other host now (handover.py).
+        self.handover = Handover()
 
     @property
     def interval_seconds(self) -> float:
@@ -553,7 +557,8 @@ class LibvirtSource:
     def _on_close(self, _conn: Any, _reason: int, _opaque: Any) -> None:
         self._conn_closed.set()
 
-    def _on_lifecycle(self, _conn: Any, dom: Any, _event: int, _detail: int, _opaque: Any) -> None:
+    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        self.handover.record(dom.UUIDString(), event, detail)
         self._mark_stale(dom)
 
     def _on_metadata(self, _conn: Any, dom: Any, _kind: int, _nsuri: Any, _opaque: Any) -> None:
