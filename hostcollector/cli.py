@@ -1,4 +1,4 @@
-"""Command line: run | check-config | dump | metrics-table | top."""
+"""Command line: run | check-config | dump | metrics-table | top | vmauth-config."""
 
 from __future__ import annotations
 
@@ -61,7 +61,27 @@ def main(argv: list[str] | None = None) -> int:
         "--once", action="store_true", help="print one frame (two fetches, --interval apart)"
     )
 
+    vmauth = commands.add_parser(
+        "vmauth-config",
+        help="vmauth config letting each tenant key read only its own space (holds the keys)",
+    )
+    vmauth.add_argument("--tenant-tokens", required=True, help="names, tenants and sha256 digests")
+    vmauth.add_argument(
+        "--secrets-dir", required=True, help="root-only directory: one file per key name"
+    )
+    vmauth.add_argument("--space-url", help="a tenant's store, {tenant} in the path")
+    vmauth.add_argument(
+        "--space",
+        action="append",
+        default=[],
+        metavar="TENANT=URL",
+        help="this tenant's store (repeatable; wins over --space-url)",
+    )
+    vmauth.add_argument("--output", "-o", default="-", help="file to write, 0600 (default stdout)")
+
     args = parser.parse_args(argv)
+    if args.command == "vmauth-config":
+        return _vmauth_config(args)
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "top":
@@ -91,6 +111,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run(config)
     return _dump(config, raw=args.raw, output=args.output)
+
+
+def _vmauth_config(args: argparse.Namespace) -> int:
+    from hostcollector.vmauth import generate, write_private
+
+    try:
+        explicit = dict(_tenant_url(value) for value in args.space)
+        text = generate(Path(args.tenant_tokens), Path(args.secrets_dir), args.space_url, explicit)
+    except (ValueError, OSError) as exc:
+        print(f"hostcollector vmauth-config: {exc}; nothing written", file=sys.stderr)
+        return 1
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        write_private(Path(args.output), text)
+    return 0
+
+
+def _tenant_url(value: str) -> tuple[str, str]:
+    tenant, equals, url = value.partition("=")
+    if not equals or not tenant or not url:
+        raise ValueError(f"--space {value!r}: expected TENANT=URL")
+    return tenant, url
 
 
 def _load(path: str | None) -> Config:

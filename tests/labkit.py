@@ -316,3 +316,170 @@ def defined_domain_xml(name: str, uuid: str, tenant: str, device: str, flavor: s
         display_name=name,
     )
     return xml.replace("</devices>", device + "</devices>")
+
+
+@dataclass
+class FleetHost:
+    """One daemon of a fleet on the lab: its host identity, and when it started writing."""
+
+    instance: str
+    daemon: Daemon
+    started: float
+
+
+@contextlib.contextmanager
+def run_fleet(
+    tmp: Path,
+    instances: list[str],
+    remote_write: Callable[[str, Path], dict[str, Any]],
+    interval: float = 2.0,
+) -> Iterator[list[FleetHost]]:
+    """One daemon per host identity, all on the lab's libvirt, each in its own directory with
+    its own port; `remote_write(instance, directory)` is that daemon's remote_write section."""
+    with contextlib.ExitStack() as stack:
+        hosts = []
+        for instance in instances:
+            directory = tmp / instance
+            directory.mkdir()
+            extra = {"remote_write": remote_write(instance, directory)}
+            daemon = stack.enter_context(run_daemon(directory, interval=interval, extra=extra))
+            hosts.append(FleetHost(instance, daemon, time.time()))
+        yield hosts
+
+
+def undelivered(samples: Samples) -> dict[str, float]:
+    """Every remote-write counter of samples or queue files failed or dropped, by series,
+    that is not 0."""
+    return {
+        f"{name}{dict(labels)}": value
+        for (name, labels), value in samples.items()
+        if name.startswith("hostcollector_remote_write_")
+        and ("dropped" in name or "failed" in name)
+        and value != 0
+    }
+
+
+# Lab host B (tests/lab/second-host.sh): a second libvirtd in its own namespaces, for live
+# migration between it and the lab's libvirtd (host A, URI above).
+SECOND_HOST = LAB_DIR / "second-host.sh"
+HOST_A_MIGRATION_ADDR = "10.98.0.1"
+HOST_B_MIGRATION_ADDR = "10.98.0.2"
+HOST_B_HOSTNAME = "hc-lab-b"
+HOST_B_HOST_UUID = "b0b0b0b0-0000-4000-8000-00000000b00b"
+# B's socket lies in its bind-mounted /run, reachable from host A's namespaces: this is the
+# `sources.libvirt.uri` for a hostcollector daemon that plays host B's collector.
+HOST_B_SOCKET = "/var/lib/hostcollector-lab/host-b/run/libvirt/libvirt-sock"
+HOST_B_URI = f"qemu+unix:///system?socket={HOST_B_SOCKET}"
+HOST_B_TCP_URI = f"qemu+tcp://{HOST_B_MIGRATION_ADDR}/system"
+# Where each host's QEMU listens for an incoming migration: over the veth pair, since B's
+# hostname (which libvirt would hand out otherwise) resolves nowhere.
+_MIGRATION_ADDR = {
+    URI: HOST_A_MIGRATION_ADDR,
+    HOST_B_URI: HOST_B_MIGRATION_ADDR,
+    HOST_B_TCP_URI: HOST_B_MIGRATION_ADDR,
+}
+
+
+def virsh_at(uri: str, *args: str, check: bool = True, timeout: float = 60) -> str:
+    result = subprocess.run(
+        ["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"virsh -c {uri} {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def domstate_reason(uri: str, name: str) -> tuple[str, str] | None:
+    """`virsh domstate --reason` as (state, reason), or None where the domain does not exist."""
+    result = subprocess.run(
+        ["virsh", "-c", uri, "domstate", "--reason", name],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        if "failed to get domain" in result.stderr:
+            return None
+        raise AssertionError(f"virsh -c {uri} domstate {name} failed: {result.stderr.strip()}")
+    state, _, reason = result.stdout.strip().partition(" (")
+    return state, reason.rstrip(")")
+
+
+def second_host(action: str) -> str:
+    """Run `second-host.sh up|down|status`; it prints nothing on success but for status."""
+    result = subprocess.run(
+        [str(SECOND_HOST), action], capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"second-host.sh {action} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def require_host_a() -> None:
+    """Skip (fail where the lab is required) unless host A's libvirtd answers, as root, with
+    the lab's guest kernel built: migration needs no lab VM, only the lab's hypervisor."""
+    required = os.environ.get("HOSTCOLLECTOR_LAB") == "required"
+    problem = None
+    if os.geteuid() != 0:
+        problem = "host B (second-host.sh) needs root"
+    elif shutil.which("virsh") is None:
+        problem = "virsh is not installed"
+    elif not Path(domxml.DEFAULT_KERNEL).exists():
+        problem = f"{domxml.DEFAULT_KERNEL} missing (run tests/lab/up.sh)"
+    else:
+        try:
+            virsh("-r", "list", "--name")
+        except (AssertionError, subprocess.TimeoutExpired) as exc:
+            problem = f"libvirtd does not answer: {exc}"
+    if problem:
+        if required:
+            pytest.fail(f"the lab is required here but {problem}")
+        pytest.skip(problem)
+
+
+def migrate(name: str, src_uri: str, dst_uri: str, bandwidth_mib: int | None = None) -> float:
+    """Live-migrate `name` from `src_uri` to `dst_uri`; returns the seconds it took.
+
+    Direct (client-driven) migration: this client connects to both libvirtds, so host A's
+    needs no TCP listener (p2p from B to A would). QEMU's data goes over the veth pair.
+    `--unsafe`: both hosts see the disk on one local filesystem, which libvirt cannot know
+    ("Migration without shared storage is unsafe").
+    """
+    args = ["migrate", "--live", "--unsafe", name, dst_uri]
+    args += ["--migrateuri", f"tcp://{_MIGRATION_ADDR[dst_uri]}"]
+    if bandwidth_mib is not None:
+        args += ["--bandwidth", str(bandwidth_mib)]
+    started = time.monotonic()
+    virsh_at(src_uri, *args, timeout=300)
+    return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def booted_scratch_vm(name: str, uuid: str, ip: str, **tenant: str) -> Iterator[str]:
+    """A transient scratch domain on host A booting the lab's guest (load loop: disk, ping),
+    waited for until its console says ready. Cleaned up on whichever host it ends on."""
+    disk = f"{domxml.DISK_DIR}/{name}.qcow2"
+    console = Path(domxml.CONSOLE_DIR) / f"{name}.log"
+    domxml.make_disk(disk)
+    xml = domxml.domain_xml(
+        name,
+        uuid,
+        tenant_style="nova11",
+        ip=ip,
+        mac=domxml.scratch_mac(name),
+        disk_path=disk,
+        **_tenant_defaults(name, "nova11", {"project_id": ACME} | tenant),
+    )
+    xml_path = Path(disk).with_suffix(".xml")
+    xml_path.write_text(xml)
+    virsh("create", str(xml_path))
+    try:
+        wait_until(
+            lambda: console.exists() and "ready ip=" in console.read_text(errors="replace"),
+            60,
+            f"{name}'s guest to boot",
+        )
+        yield uuid
+    finally:
+        for uri in (URI, HOST_B_URI):
+            virsh_at(uri, "destroy", name, check=False)
+        Path(disk).unlink(missing_ok=True)
+        xml_path.unlink(missing_ok=True)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Tear the lab down: vms.sh down (every hc-lab-* / hc-scratch-* domain and its disk),
+# Tear the lab down: host B if it is up (second-host.sh down), vms.sh down (every hc-lab-* /
+# hc-scratch-* domain and its disk),
 # remove the bridge hcbr0, and stop libvirtd/virtlogd if start.sh started them.
 # Idempotent. Packages, the guest image and the kernel cache stay.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_root
+
+"$LAB_HERE/second-host.sh" down
 
 if command -v virsh >/dev/null 2>&1 && libvirt_answers; then
   "$LAB_HERE/vms.sh" down
