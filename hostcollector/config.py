@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from hostcollector.errors import ConfigError
 from hostcollector.metrics import ALL_FAMILIES
+from hostcollector.remote_write.routing import TENANT_PLACEHOLDER, url_problem
 from hostcollector.yaml_input import load_yaml, quote
 
 # Stats groups of virConnectGetAllDomainStats, by the name `virsh domstats` uses.
@@ -248,11 +249,6 @@ class AttributionConfig:
         return found
 
 
-# Tenant ids a store accepts in a header or URL (Grafana Mimir's rule, the strictest common one;
-# ":" too, for VictoriaMetrics cluster's "accountID:projectID"). \Z, not $: "$" takes a trailing
-# newline. The characters only: remote_write.routing.tenant_id_problem also refuses "." and "..".
-TENANT_ID = re.compile(r"^[A-Za-z0-9!._*'():-]{1,150}\Z")
-TENANT_PLACEHOLDER = "{tenant}"
 # Headers the sender sets itself.
 RESERVED_HEADERS = frozenset(
     {"content-type", "content-encoding", "content-length", "x-prometheus-remote-write-version"}
@@ -362,9 +358,6 @@ class RemoteWriteEndpointConfig:
                 TENANT_PLACEHOLDER, ""
             ):
                 found.append(f"{quote(text)}: the only placeholder is {TENANT_PLACEHOLDER}")
-        # Imported here: routing uses TENANT_ID from this module.
-        from hostcollector.remote_write.routing import url_problem
-
         if (problem := url_problem(self.url)) is not None:
             found.append(f"url: {problem}")
         for name, value in self.headers.items():

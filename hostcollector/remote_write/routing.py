@@ -9,13 +9,17 @@ or split one would send its series to another tenant, or to the store's default 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
 from yarl import URL
 
-from hostcollector.config import TENANT_ID, TENANT_PLACEHOLDER
-
+# Tenant ids a store accepts in a header or URL (Grafana Mimir's rule, the strictest common one;
+# ":" too, for VictoriaMetrics cluster's "accountID:projectID"). \Z, not $: "$" takes a trailing
+# newline. The characters only: tenant_id_problem also refuses "." and "..".
+TENANT_ID = re.compile(r"^[A-Za-z0-9!._*'():-]{1,150}\Z")
+TENANT_PLACEHOLDER = "{tenant}"
 # Grafana Mimir refuses these ids (dskit ValidTenantID; __mimir_cluster is its own).
 DOT_SEGMENTS = frozenset({".", ".."})
 RESERVED_TENANT_IDS = frozenset({"__mimir_cluster"})
