@@ -113,3 +113,14 @@ test-deploy: bootstrap
 	promtool check rules conf/prometheus/rules.yml
 	promtool test rules conf/prometheus/rules.test.yml
 	HOSTCOLLECTOR_DEPLOY=required $(VENV)/pytest -m deploy tests/test_deploy.py
+
+# Regenerate every case's goldens (tests/cases/<name>/: exposition.txt, exposition.acme.txt,
+# api.json) from today's code, and name the files that changed: review their diff.
+.PHONY: golden
+golden: bootstrap
+	@sums() { find tests/cases -name 'exposition*.txt' -o -name api.json | sort | xargs -r sha256sum; }; \
+	before=$$(sums); \
+	UPDATE_GOLDEN=1 $(VENV)/pytest -q tests/test_cases.py || exit 1; \
+	changed=$$(diff <(echo "$$before") <(sums) | sed -n 's/^> [0-9a-f]*  //p'); \
+	if [ -n "$$changed" ]; then echo "golden: changed:"; echo "$$changed" | sed 's/^/  /'; \
+	else echo "golden: no golden changed"; fi
