@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from hostcollector.model import (
     AttributedGpu,
     AttributedVF,
+    AttributedVgpu,
     AttributedVM,
     DomainStats,
     GpuStats,
@@ -81,6 +82,7 @@ def attribute_gpus(
     pci_devices: Mapping[str, Sequence[str]],
     mdev_devices: Mapping[str, Sequence[str]],
     vms: Iterable[AttributedVM],
+    driver_version: str | None = None,
 ) -> tuple[AttributedGpu, ...]:
     """A GPU passed through whole belongs to the domain holding its PCI address. A vGPU belongs
     to the domain holding its mdev, else to the VM the host driver names, by domain UUID or by
@@ -102,5 +104,21 @@ def attribute_gpus(
             if uuid not in tenant_by_vm:
                 uuid = ""  # the driver names a VM this host's libvirt does not know
             vgpu_vms.append((uuid, tenant_by_vm.get(uuid, "")))
-        attributed.append(AttributedGpu(gpu, owner, tenant_by_vm.get(owner, ""), tuple(vgpu_vms)))
+        attributed.append(
+            AttributedGpu(
+                gpu,
+                owner,
+                tenant_by_vm.get(owner, ""),
+                tuple(vgpu_vms),
+                (driver_version or "") if gpu.nvml_visible else "",
+            )
+        )
     return tuple(attributed)
+
+
+def attributed_vgpus(a: AttributedGpu) -> list[AttributedVgpu]:
+    """The GPU's vGPUs, each with the VM and tenant it belongs to."""
+    return [
+        AttributedVgpu(v, a.gpu.uuid, vm, tenant)
+        for v, (vm, tenant) in zip(a.gpu.vgpus, a.vgpu_vms, strict=True)
+    ]

@@ -274,6 +274,7 @@ class Collector:
                 pci_devices,
                 libvirt.mdev_devices if libvirt else {},
                 vms,
+                nvml.driver_version if nvml else None,
             ),
             nvml_available=nvml.nvml_available if nvml else None,
             nvml_driver_version=nvml.driver_version if nvml else None,

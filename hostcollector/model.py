@@ -295,6 +295,17 @@ class AttributedGpu:
     vm_uuid: str  # a GPU passed through whole to a domain; "" for host-owned or free GPUs
     tenant_id: str
     vgpu_vms: tuple[tuple[str, str], ...] = ()  # per vGPU (same order): (vm_uuid, tenant_id)
+    driver_version: str = ""  # the host driver's, for a GPU its NVML sees
+
+
+@dataclass(frozen=True, slots=True)
+class AttributedVgpu:
+    """One vGPU with the VM and tenant it belongs to (from AttributedGpu.vgpu_vms)."""
+
+    vgpu: VgpuStats
+    gpu_uuid: str
+    vm_uuid: str
+    tenant_id: str
 
 
 @dataclass(frozen=True, slots=True)

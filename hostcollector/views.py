@@ -16,6 +16,9 @@ import time
 from collections import Counter
 from typing import Any
 
+from hostcollector.attribution import attributed_vgpus
+from hostcollector.kinds import items_of, visible
+from hostcollector.metrics import KINDS, VF, VM
 from hostcollector.model import AttributedGpu, AttributedVF, AttributedVM, Snapshot
 
 # virDomainState
@@ -70,11 +73,11 @@ def vf_view(a: AttributedVF) -> Document:
 def gpu_view(a: AttributedGpu, tenant: str | None) -> Document | None:
     """The GPU as `tenant` may see it (None: everything); None if it shows nothing of theirs."""
     vgpus = [
-        {"vm_uuid": vm or None, "tenant_id": owner or None, "vgpu": v}
-        for v, (vm, owner) in zip(a.gpu.vgpus, a.vgpu_vms, strict=True)
-        if tenant is None or owner == tenant
+        {"vm_uuid": v.vm_uuid or None, "tenant_id": v.tenant_id or None, "vgpu": v.vgpu}
+        for v in attributed_vgpus(a)
+        if visible(v.tenant_id, tenant)
     ]
-    whole = tenant is None or a.tenant_id == tenant
+    whole = visible(a.tenant_id, tenant)
     if not whole and not vgpus:
         return None
     return {
@@ -90,14 +93,14 @@ def gpu_view(a: AttributedGpu, tenant: str | None) -> Document | None:
 
 def vms(snapshot: Snapshot, tenant: str | None, state: str | None = None) -> list[Document]:
     return [
-        vm_view(vm)
-        for vm in snapshot.vms
-        if (tenant is None or vm.tenant_id == tenant) and (state is None or vm_state(vm) == state)
+        vm_view(item.record)
+        for item in items_of(VM, snapshot, tenant)
+        if state is None or vm_state(item.record) == state
     ]
 
 
 def vfs(snapshot: Snapshot, tenant: str | None) -> list[Document]:
-    return [vf_view(a) for a in snapshot.vfs if tenant is None or a.tenant_id == tenant]
+    return [vf_view(item.record) for item in items_of(VF, snapshot, tenant)]
 
 
 def gpus(snapshot: Snapshot, tenant: str | None) -> list[Document]:
@@ -106,8 +109,9 @@ def gpus(snapshot: Snapshot, tenant: str | None) -> list[Document]:
 
 def vm_detail(snapshot: Snapshot, uuid: str, tenant: str | None) -> Document | None:
     """One VM with its VFs and GPUs; None if it does not exist or is not the caller's."""
-    for vm in snapshot.vms:
-        if vm.stats.uuid == uuid and (tenant is None or vm.tenant_id == tenant):
+    for item in items_of(VM, snapshot, tenant):
+        vm = item.record
+        if vm.stats.uuid == uuid:
             owner = vm.tenant_id if tenant is None else tenant
             return vm_view(vm) | {
                 "vfs": [vf_view(a) for a in snapshot.vfs if a.vm_uuid == uuid],
@@ -121,27 +125,29 @@ def vm_detail(snapshot: Snapshot, uuid: str, tenant: str | None) -> Document | N
     return None
 
 
+def _owners(snapshot: Snapshot) -> dict[str, Counter[str]]:
+    """Per counted kind (vms, vfs, gpus, vgpus), how many each owner has."""
+    return {
+        kind.counted_as: Counter(item.tenant for item in items_of(kind, snapshot))
+        for kind in KINDS
+        if kind.counted_as is not None
+    }
+
+
 def tenant_ids(snapshot: Snapshot) -> set[str]:
-    found = {vm.tenant_id for vm in snapshot.vms}
-    found |= {a.tenant_id for a in snapshot.vfs}
-    found |= {a.tenant_id for a in snapshot.gpus}
-    found |= {owner for a in snapshot.gpus for _, owner in a.vgpu_vms}
+    found = {owner for counts in _owners(snapshot).values() for owner in counts}
     found.discard("")
     return found
 
 
 def tenants(snapshot: Snapshot, tenant: str | None) -> list[Document]:
-    """Each tenant on the host with its counts, in one pass over the snapshot."""
-    counts = {
-        "vms": Counter(vm.tenant_id for vm in snapshot.vms),
-        "vfs": Counter(a.tenant_id for a in snapshot.vfs),
-        "gpus": Counter(a.tenant_id for a in snapshot.gpus),
-        "vgpus": Counter(owner for a in snapshot.gpus for _, owner in a.vgpu_vms),
-    }
+    """Each tenant on the host with its counts."""
+    counts = _owners(snapshot)
+    owners = {owner for found in counts.values() for owner in found if owner}
     return [
         {"tenant_id": tenant_id} | {kind: found[tenant_id] for kind, found in counts.items()}
-        for tenant_id in sorted(tenant_ids(snapshot))
-        if tenant is None or tenant_id == tenant
+        for tenant_id in sorted(owners)
+        if visible(tenant_id, tenant)
     ]
 
 

@@ -58,7 +58,7 @@ def test_encoded_series_decode_to_the_exposition(tmp_path: Path) -> None:
     # The SRE view carries the host's identity (instance: its name) on every series.
     expected = [({"__name__": n, "instance": writer.identity} | {k: v for k, v in parse_labels(t) if v},
                  [(1_700_000_000_123, float(v))])
-                for n, t, v in series(snapshot)]  # fmt: skip
+                for n, t, v, _ in series(snapshot)]  # fmt: skip
     assert decoded == expected
     assert len(decoded) > 200
     # by tenant: exactly the series labelled with that tenant, none unattributed
@@ -92,8 +92,8 @@ def test_a_series_matches_a_reference_encoding() -> None:
         "120b" "09000000000000f03f" "1001"  # Sample 1.0 @ 1
     )  # fmt: skip
     tail = sample_tail(1)
-    prefix, tenant = SeriesEncoder().prefix("m", 'a="b"', len(tail))
-    assert prefix + pack_value(1.0) + tail == expected and tenant == ""
+    prefix = SeriesEncoder().prefix("m", 'a="b"', len(tail))
+    assert prefix + pack_value(1.0) + tail == expected
     assert encode_write_request([((("__name__", "m"), ("a", "b")), [(1, 1.0)])]) == expected
 
 
@@ -207,7 +207,7 @@ def test_all_series_and_per_tenant_routing_into_real_receivers(
         assert got and {dict(k).get("tenant_id") for k in got} == {tenant}
         # both endpoints (header and path) wrote the same samples: each twice (VM keeps both)
         assert all(len(points) == 6 for points in got.values())
-        expected = sum(1 for _, labels, _ in series(snapshot) if f'tenant_id="{tenant}"' in labels)
+        expected = sum(1 for s in series(snapshot) if f'tenant_id="{tenant}"' in s.labels)
         assert len(got) == expected
     assert gateway.unknown_tenants == []
     for status in writer.status():

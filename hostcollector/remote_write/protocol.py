@@ -86,12 +86,12 @@ class SeriesEncoder:
     def __init__(self, external: LabelPairs = ()) -> None:
         self._external = external
         self._names: dict[str, bytes] = {}
-        # label text -> (labels sorting before __name__, those after, the tenant)
-        self._label_sets: dict[str, tuple[bytes, bytes, str]] = {}
+        # label text -> (labels sorting before __name__, those after)
+        self._label_sets: dict[str, tuple[bytes, bytes]] = {}
 
-    def label_set(self, text: str) -> tuple[bytes, bytes, str]:
-        """(the encoded labels that sort before __name__ and those after, each sorted; the value
-        of tenant_id or ""). Before: names starting with an upper-case letter (or _ and one)."""
+    def label_set(self, text: str) -> tuple[bytes, bytes]:
+        """The encoded labels that sort before __name__ and those after, each sorted. Before:
+        names starting with an upper-case letter (or _ and one)."""
         cached = self._label_sets.get(text)
         if cached is None:
             # An empty value is no label, as in a scrape (the spec: values must not be empty).
@@ -101,21 +101,20 @@ class SeriesEncoder:
             ordered = sorted(pairs)
             before = b"".join(encode_label(n, v) for n, v in ordered if n < "__name__")
             after = b"".join(encode_label(n, v) for n, v in ordered if n > "__name__")
-            cached = self._label_sets[text] = (before, after, dict(pairs).get("tenant_id", ""))
+            cached = self._label_sets[text] = (before, after)
         return cached
 
-    def prefix(self, name: str, labels_text: str, tail_length: int) -> tuple[bytes, str]:
-        """(a TimeSeries' bytes up to its sample's value, the series' tenant). The series is
-        then `prefix + packed value (8 bytes) + sample_tail(timestamp)`, whose length is
+    def prefix(self, name: str, labels_text: str, tail_length: int) -> bytes:
+        """A TimeSeries' bytes up to its sample's value. The series is then `prefix + packed value (8 bytes) + sample_tail(timestamp)`, whose length is
         `tail_length`: every length inside is known before the value is."""
         name_bytes = self._names.get(name)
         if name_bytes is None:
             name_bytes = self._names[name] = encode_label("__name__", name)
-        before, after, tenant = self.label_set(labels_text)
+        before, after = self.label_set(labels_text)
         sample_length = 1 + 8 + tail_length
         body_length = len(before) + len(name_bytes) + len(after) + 2 + sample_length
         head = b"\x0a" + varint(body_length) + before + name_bytes + after
-        return head + b"\x12" + bytes([sample_length]) + b"\x09", tenant
+        return head + b"\x12" + bytes([sample_length]) + b"\x09"
 
     def forget(self) -> None:
         """Bound the caches (VMs come and go); called once per snapshot."""

@@ -178,18 +178,19 @@ class RemoteWriter:
         split = [(i, out.views[key]) for i, key in enumerate(self._views) if key[0]]
         for encoder in self._encoders:
             encoder.forget()
-        for name, labels_text, value in series(snapshot):
+        for name, labels_text, value, tenant in series(snapshot):
             key = (name, labels_text)
             entry = previous.get(key)
             if entry is None:
-                encoded = [e.prefix(name, labels_text, len(tail)) for e in self._encoders]
-                entry = (tuple(prefix for prefix, _ in encoded), encoded[0][1] if encoded else "")
+                prefixes = tuple(e.prefix(name, labels_text, len(tail)) for e in self._encoders)
+                entry = (prefixes, tenant)
             current[key] = entry
-            prefixes, tenant = entry
+            prefixes = entry[0]
             sample = pack_value(value) + tail
             for i, add in whole:
                 add(prefixes[i] + sample)
-            # Unattributed and host series have no tenant: they never go to a tenant endpoint.
+            # The series' owner, as its kind declares it: unattributed and host series have none
+            # and never go to a tenant endpoint.
             if tenant:
                 for i, by_tenant in split:
                     by_tenant[tenant].append(prefixes[i] + sample)
