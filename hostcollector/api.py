@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -17,11 +18,27 @@ from aiohttp import web
 from hostcollector import views
 from hostcollector.auth import Scope
 from hostcollector.model import Snapshot
+from hostcollector.reloading import WatchedFile
+
+if TYPE_CHECKING:
+    from hostcollector.tls import ReloadingServerTls
 
 PREFIX = "/api/v1"
 # Set by the auth middleware on every request it lets through.
 SCOPE = web.RequestKey("scope", Scope)
 SNAPSHOT = web.RequestKey("snapshot", Snapshot)
+
+
+@dataclass(frozen=True)
+class ServedFiles:
+    """The HTTP side's own files, for /api/v1/sources: those re-read on change, and the TLS
+    certificate it presents. Read from their owners: the collector does not know them."""
+
+    watched: tuple[WatchedFile, ...] = ()
+    tls: ReloadingServerTls | None = None
+
+
+SERVED_FILES = web.AppKey("served_files", ServedFiles)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -202,7 +219,13 @@ async def list_sources(request: web.Request) -> web.Response:
     _params(request, ())
     _host_only(request)
     snapshot = _snapshot(request)
-    return json_response(_envelope(snapshot, **views.sources(snapshot)))
+    served = request.app.get(SERVED_FILES) or ServedFiles()
+    document = views.sources(
+        snapshot,
+        files=[(w.name, w.files.reloads_total, w.files.errors_total) for w in served.watched],
+        tls_certificate_not_after=served.tls.not_after if served.tls else None,
+    )
+    return json_response(_envelope(snapshot, **document))
 
 
 async def index(request: web.Request) -> web.Response:

@@ -6,20 +6,27 @@ from __future__ import annotations
 
 import gc
 import html
-from collections import Counter
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from hostcollector import __version__, api
 from hostcollector.api import wants_gzip
-from hostcollector.auth import ALL, TokenFile, bearer_token
+from hostcollector.auth import ALL, DeniedRequests, TokenFile, bearer_token
 from hostcollector.collector import Collector
 from hostcollector.config import Config
 from hostcollector.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from hostcollector.reloading import WatchedFile
+from hostcollector.wiring import build_collector
+
+if TYPE_CHECKING:
+    from hostcollector.server import ConnectionGuard
+    from hostcollector.tls import ReloadingServerTls
 
 COLLECTOR = web.AppKey("collector", Collector)
 TOKENS = web.AppKey("tokens", TokenFile)
+DENIED = web.AppKey("denied", DeniedRequests)
 # Liveness needs no token: it tells nothing about VMs or tenants.
 OPEN_PATHS = frozenset({"/healthz", "/-/healthy"})
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="hostcollector"'}
@@ -35,7 +42,6 @@ async def metrics(request: web.Request) -> web.Response:
     collector = request.app[COLLECTOR]
     exposition = collector.exposition
     openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
-    collector.openmetrics_wanted |= openmetrics
     gzipped = wants_gzip(request.headers.get("Accept-Encoding", ""))
     tenant = request[api.SCOPE].tenant
     response = web.Response(
@@ -73,8 +79,7 @@ async def landing(request: web.Request) -> web.Response:
 
 
 def _deny(request: web.Request, reason: str, message: str) -> web.Response:
-    denied: Counter[str] = request.app[COLLECTOR].http_denied
-    denied[reason] += 1
+    request.app[DENIED].deny(reason)
     if request.path.startswith("/api"):
         return api.json_error(401, message, CHALLENGE)
     return web.Response(status=401, text=f"401: {message}\n", headers=CHALLENGE)
@@ -101,7 +106,7 @@ async def authenticate(request: web.Request, handler: api.Handler) -> web.Stream
     request[api.SNAPSHOT] = request.app[COLLECTOR].exposition.snapshot
     response = await handler(request)
     if response.status == 403:
-        request.app[COLLECTOR].http_denied["scope"] += 1
+        request.app[DENIED].deny("scope")
     return response
 
 
@@ -119,14 +124,34 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def build_app(config: Config, collector: Collector | None = None) -> web.Application:
+def build_app(
+    config: Config,
+    collector: Collector | None = None,
+    *,
+    server_tls: ReloadingServerTls | None = None,
+    guard: ConnectionGuard | None = None,
+) -> web.Application:
+    """The app around `collector`; the HTTP side's parts that report self-metrics (its
+    certificate, tokens file, refusals, connection guard) are registered with it here."""
     app = web.Application(middlewares=[api.json_errors, authenticate])
-    app[COLLECTOR] = collector or Collector(config)
+    app[COLLECTOR] = collector or build_collector(config)
+    collector = app[COLLECTOR]
+    watched: list[WatchedFile] = []
+    if server_tls is not None:
+        watched.append(WatchedFile("tls", server_tls.files))
+        collector.register(server_tls)
     if config.auth.tokens_file is not None:
         tokens = TokenFile(config.auth.tokens_file)
         tokens.current()  # load now: a bad file at start is logged at start
         app[TOKENS] = tokens
-        app[COLLECTOR].watched_files["tokens"] = tokens
+        watched.append(WatchedFile("tokens", tokens))
+    for watched_file in watched:
+        collector.register(watched_file)
+    app[api.SERVED_FILES] = api.ServedFiles(tuple(watched), server_tls)
+    app[DENIED] = DeniedRequests()
+    collector.register(app[DENIED])
+    if guard is not None:
+        collector.register(guard)
 
     async def polling(app: web.Application) -> AsyncIterator[None]:
         app[COLLECTOR].start()

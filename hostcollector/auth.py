@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from hostcollector import metrics
 from hostcollector.reloading import ReloadingFiles, read_bytes
+from hostcollector.selfmetrics import Sample, counts_by_reason
 from hostcollector.yaml_input import load_yaml, quote
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -112,3 +116,17 @@ def bearer_token(header: str | None) -> str | None:
         return None
     match = BEARER.match(header.strip())
     return match[1] if match else None
+
+
+class DeniedRequests:
+    """Requests the HTTP side refused, by reason: missing or invalid token (401), or outside the
+    token's scope (403)."""
+
+    def __init__(self) -> None:
+        self.by_reason: Counter[str] = Counter()
+
+    def deny(self, reason: str) -> None:
+        self.by_reason[reason] += 1
+
+    def collect(self) -> Iterator[Sample]:
+        return counts_by_reason(metrics.HTTP_REQUESTS_DENIED_TOTAL, self.by_reason.items())

@@ -228,18 +228,19 @@ def _setup_logging(config: Config) -> None:
 
 def _run(config: Config) -> int:
     from hostcollector.app import build_app, tune_gc
-    from hostcollector.collector import Collector
     from hostcollector.server import (
         ConnectionGuard,
         ListenError,
         connection_limit,
         serve_until_stopped,
     )
+    from hostcollector.wiring import build_collector
 
     _setup_logging(config)
     log = logging.getLogger("hostcollector")
-    collector = Collector(config)
+    collector = build_collector(config)
     ssl_context = None
+    server_tls = None
     if config.listen.tls.enabled:
         from hostcollector.tls import ReloadingServerTls
 
@@ -249,11 +250,8 @@ def _run(config: Config) -> int:
             print(exc.render(), file=sys.stderr)
             return 2
         ssl_context = server_tls.context
-        collector.watched_files["tls"] = server_tls.files
-        collector.tls_not_after = lambda: server_tls.not_after
     guard = ConnectionGuard(connection_limit(config.listen.max_connections))
-    collector.http_connections = guard
-    app = build_app(config, collector)
+    app = build_app(config, collector, server_tls=server_tls, guard=guard)
     tune_gc()
 
     def started(url: str) -> None:
@@ -282,20 +280,22 @@ def _run(config: Config) -> int:
 
 
 def _dump(config: Config, *, raw: bool, output: str) -> int:
-    from hostcollector.collector import Collector
+    from hostcollector.sources import DECLARED
+    from hostcollector.wiring import build_collector
 
     _setup_logging(config)
 
     async def once() -> Any:
-        collector = Collector(config, record_raw=raw)
+        collector = build_collector(config, record_raw=raw)
         try:
             await collector.poll_all_once()
         finally:
             await collector.stop()
         if raw:
-            return {
-                name: getattr(collector.latest.get(name), "raw", None) for name in collector.sources
-            } | {"sources": collector.build_snapshot().sources}
+            latest = {name: DECLARED[name].latest(collector.latest) for name in collector.sources}
+            return {name: result.raw if result else None for name, result in latest.items()} | {
+                "sources": collector.build_snapshot().sources
+            }
         return collector.build_snapshot()
 
     data = orjson.dumps(asyncio.run(once()), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)

@@ -1,4 +1,7 @@
-"""Wires sources, pollers and attribution into the snapshot that every renderer reads.
+"""Turns the sources' results into the snapshot that every renderer reads.
+
+The parts (sources, tenant map, remote writer) are built by the composition root (wiring.py)
+and handed in; the collector polls, keeps the latest results and attributes them.
 
 Data flows one way: a poller finishes -> its result replaces that source's last one -> a new
 snapshot is attributed and rendered, text and gzip, once. Scrapes only read the rendered bytes.
@@ -16,10 +19,9 @@ import concurrent.futures
 import gzip
 import platform
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hostcollector import __version__
 from hostcollector.attribution import attribute_gpus, attribute_vfs, attribute_vms
@@ -29,26 +31,28 @@ from hostcollector.model import (
     DomainStats,
     LibvirtHealth,
     LibvirtSample,
-    NvmlSample,
     RemoteWriteStatus,
     Snapshot,
     SourceStatus,
-    SriovSample,
     TenantClaim,
     TenantMapStatus,
 )
 from hostcollector.poller import Poller
-from hostcollector.reloading import ReloadingFiles
-from hostcollector.remote_write.writer import RemoteWriter
-from hostcollector.sources import Source, build_sources
-from hostcollector.tenancy import compile_rules
-from hostcollector.tenant_map import TenantMapFile
+from hostcollector.selfmetrics import Sample, SelfMetrics, SelfMetricsRegistry
+from hostcollector.sources import DECLARED, Results, Source, SourceDeclaration, SourceResult
+
+if TYPE_CHECKING:
+    from hostcollector.remote_write.writer import RemoteWriter
+    from hostcollector.tenant_map import TenantMapFile
 
 BUILD_LABELS = (("version", __version__), ("python_version", platform.python_version()))
 RENDER_COALESCE_SECONDS = 0.25
 # A render waits for polls still running (the libvirt one takes ~1 s at 200 domains while NVML's
 # takes milliseconds), so sources ticking together cost one render, but never longer than this.
 RENDER_MAX_WAIT_SECONDS = 5.0
+NO_TENANT_MAP = TenantMapStatus(configured=False)
+
+ResultT = TypeVar("ResultT", bound=SourceResult)
 
 
 class Exposition:
@@ -58,6 +62,10 @@ class Exposition:
 
     def __init__(self, snapshot: Snapshot, *, openmetrics: bool = False) -> None:
         self.snapshot = snapshot
+        # Whether a scraper has asked for OpenMetrics (of this exposition or one before): the
+        # collector reads it for the next render, so that makes OpenMetrics too, off the loop,
+        # instead of the first scrape of each snapshot on the loop.
+        self.openmetrics_wanted = openmetrics
         self._bodies: dict[tuple[bool, bool, str | None], bytes] = {}
         for flavour in (False, True) if openmetrics else (False,):
             plain = self._bodies[(flavour, False, None)] = render(snapshot, openmetrics=flavour)
@@ -70,6 +78,7 @@ class Exposition:
 
     def body(self, *, openmetrics: bool, gzipped: bool, tenant: str | None = None) -> bytes:
         """The exposition; with `tenant`, only that tenant's series (exposition.render)."""
+        self.openmetrics_wanted |= openmetrics
         key = (openmetrics, gzipped, tenant)
         if key not in self._bodies:
             plain = self._bodies.get((openmetrics, False, tenant))
@@ -85,32 +94,13 @@ class Exposition:
 @dataclass(frozen=True)
 class _Inputs:
     now: float
-    latest: dict[str, Any]
+    latest: Results
     statuses: tuple[SourceStatus, ...]
     tenant_claims: Mapping[str, TenantClaim]
     tenant_status: TenantMapStatus
     libvirt_health: LibvirtHealth | None
-    http_denied: tuple[tuple[str, int], ...]
-    http_connections: int | None
-    http_connections_closed: tuple[tuple[str, int], ...]
-    watched_files: tuple[tuple[str, int, int], ...]
-    tls_not_after: float | None
     remote_write: tuple[RemoteWriteStatus, ...]
-
-
-class ConnectionCounts(Protocol):
-    """What the HTTP server's connection guard tells (server.ConnectionGuard)."""
-
-    @property
-    def open(self) -> int: ...
-
-    @property
-    def closed_total(self) -> Counter[str]: ...
-
-
-@runtime_checkable
-class HasHealth(Protocol):
-    def health(self) -> LibvirtHealth: ...
+    self_series: tuple[Sample, ...]
 
 
 def _within_max_age(
@@ -134,54 +124,64 @@ class Collector:
         self,
         config: Config,
         *,
-        record_raw: bool = False,
-        sources: dict[str, Source] | None = None,
+        sources: Mapping[str, Source[SourceResult]] | None = None,
+        tenant_map: TenantMapFile | None = None,
+        remote_writer: RemoteWriter | None = None,
+        libvirt_health: Callable[[], LibvirtHealth] | None = None,
+        self_metrics: Sequence[SelfMetrics] = (),
     ) -> None:
-        """`sources` replaces the configured ones (tests replay recordings through it)."""
+        """The parts, as wiring.build_collector makes them from `config`; without them, no
+        sources, no mapping file, no remote write. Each source is named as its declaration in
+        sources.SOURCES, whose result type it returns."""
         self.config = config
-        self.tenant_map = TenantMapFile(config.attribution.mapping_file)
-        if sources is None:
-            rules = compile_rules(config.attribution)
-            sources = build_sources(config, rules, record_raw=record_raw)
-        self.sources = sources
+        self.tenant_map = tenant_map
+        self.sources = dict(sources or {})
+        undeclared = self.sources.keys() - DECLARED.keys()
+        if undeclared:
+            raise ValueError(f"sources not declared in sources.SOURCES: {sorted(undeclared)}")
         self.pollers = {
-            name: Poller(name, source.poll, source.interval_seconds, self._on_result)
-            for name, source in self.sources.items()
+            name: self._poller(DECLARED[name], source) for name, source in self.sources.items()
         }
-        self.latest: dict[str, Any] = {}
-        # Requests the HTTP side refused, by reason (missing, invalid, scope).
-        self.http_denied: Counter[str] = Counter()
-        # The HTTP server's connections, once it serves (set by the HTTP side).
-        self.http_connections: ConnectionCounts | None = None
-        # Files the HTTP side re-reads on change (tokens, TLS certificates), for self-metrics.
-        self.watched_files: dict[str, ReloadingFiles[Any]] = {}
-        # When the served TLS certificate expires (set by the HTTP side when TLS is on).
-        self.tls_not_after: Callable[[], float | None] = lambda: None
-        self.remote_writer = (
-            RemoteWriter(
-                config.remote_write,
-                lambda: self.exposition.snapshot,
-                # Recorded replays have no libvirt events: every VM is written, as before.
-                handover=getattr(self.sources.get("libvirt"), "handover", None),
-            )
-            if config.remote_write.endpoints
-            else None
-        )
+        self.latest = Results()
+        self._libvirt_health = libvirt_health
+        self.remote_writer = remote_writer
+        # Self-metrics, each reported by its owner; the HTTP side registers its own (app.py).
+        self._self_metrics = SelfMetricsRegistry()
+        for poller in self.pollers.values():
+            self.register(poller)
+        for owner in (*self_metrics, self.tenant_map, self.remote_writer):
+            if owner is not None:
+                self.register(owner)
         self.exposition = Exposition(self.build_snapshot())
         self._tasks: list[asyncio.Task[None]] = []
         self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hc-render")
         self._render_pending: asyncio.TimerHandle | None = None
         self._render_wait_since = 0.0
         self._renders: set[asyncio.Future[None]] = set()
-        # Set by the HTTP side once a scraper asked for OpenMetrics: from then on every render
-        # makes it too, off the loop, instead of the first scrape of each snapshot on the loop.
-        self.openmetrics_wanted = False
 
-    def _on_result(self, name: str, result: Any) -> None:
-        # A failed poll keeps the source's last result: its VMs are served with their growing
-        # age until max_sample_age_seconds, and the source's up metric says it failed.
-        if result is not None:
-            self.latest[name] = result
+    def register(self, owner: SelfMetrics) -> None:
+        """Adds an owner's self-metrics to every snapshot from the next one on."""
+        self._self_metrics.register(owner)
+
+    def _poller(
+        self, declaration: SourceDeclaration[Any, ResultT], source: Source[SourceResult]
+    ) -> Poller[ResultT]:
+        def on_result(_name: str, result: ResultT | None) -> None:
+            # A failed poll keeps the source's last result: its VMs are served with their
+            # growing age until max_sample_age_seconds, and the source's up metric says it
+            # failed.
+            if result is not None:
+                self.latest = declaration.keep(self.latest, result)
+            self._result_arrived()
+
+        return Poller(
+            declaration.name,
+            lambda: declaration.poll(source),
+            source.interval_seconds,
+            on_result,
+        )
+
+    def _result_arrived(self) -> None:
         if self._render_pending is None:
             loop = asyncio.get_running_loop()
             self._render_wait_since = loop.time()
@@ -195,7 +195,7 @@ class Collector:
             return
         self._render_pending = None
         inputs = self._inputs()  # read on the loop, where sources and pollers change them
-        openmetrics = self.openmetrics_wanted
+        openmetrics = self.exposition.openmetrics_wanted
         future = loop.run_in_executor(
             self._renderer, lambda: Exposition(self._assemble(inputs), openmetrics=openmetrics)
         )
@@ -206,6 +206,8 @@ class Collector:
     async def _publish(self, future: asyncio.Future[Exposition]) -> None:
         exposition = await future
         if exposition.snapshot.taken_at >= self.exposition.snapshot.taken_at:
+            # A scraper may have asked the one served for OpenMetrics while this one rendered.
+            exposition.openmetrics_wanted |= self.exposition.openmetrics_wanted
             self.exposition = exposition
 
     def refresh(self) -> None:
@@ -213,36 +215,29 @@ class Collector:
         if self._render_pending is not None:
             self._render_pending.cancel()
             self._render_pending = None
-        self.exposition = Exposition(self.build_snapshot(), openmetrics=self.openmetrics_wanted)
+        self.exposition = Exposition(
+            self.build_snapshot(), openmetrics=self.exposition.openmetrics_wanted
+        )
 
     def build_snapshot(self) -> Snapshot:
         return self._assemble(self._inputs())
 
     def _inputs(self) -> _Inputs:
-        source = self.sources.get("libvirt")
         return _Inputs(
             now=time.time(),
-            latest=dict(self.latest),
+            latest=self.latest,
             statuses=tuple(poller.status() for poller in self.pollers.values()),
-            tenant_claims=self.tenant_map.current(),
-            tenant_status=self.tenant_map.status(),
-            libvirt_health=source.health() if isinstance(source, HasHealth) else None,
-            http_denied=tuple(sorted(self.http_denied.items())),
-            http_connections=self.http_connections.open if self.http_connections else None,
-            http_connections_closed=tuple(sorted(self.http_connections.closed_total.items()))
-            if self.http_connections
-            else (),
-            watched_files=tuple(
-                (name, f.reloads_total, f.errors_total) for name, f in self.watched_files.items()
-            ),
-            tls_not_after=self.tls_not_after(),
+            tenant_claims=self.tenant_map.current() if self.tenant_map else {},
+            tenant_status=self.tenant_map.status() if self.tenant_map else NO_TENANT_MAP,
+            libvirt_health=self._libvirt_health() if self._libvirt_health else None,
             remote_write=self.remote_writer.status() if self.remote_writer else (),
+            self_series=self._self_metrics.collect(),
         )
 
     def _assemble(self, inputs: _Inputs) -> Snapshot:
         """The snapshot from copies of the sources' results: safe on the render thread."""
         now = inputs.now
-        libvirt: LibvirtSample | None = inputs.latest.get("libvirt")
+        libvirt = inputs.latest.libvirt
         domains = _within_max_age(libvirt, now, self.config.sources.libvirt.max_sample_age_seconds)
         claims = {
             "metadata": libvirt.metadata_claims if libvirt else {},
@@ -257,8 +252,7 @@ class Collector:
             libvirt.freshness if libvirt else None,
             now,
         )
-        sriov: SriovSample | None = inputs.latest.get("sriov")
-        nvml: NvmlSample | None = inputs.latest.get("nvml")
+        sriov, nvml = inputs.latest.sriov, inputs.latest.nvml
         pci_devices = libvirt.pci_devices if libvirt else {}
         return Snapshot(
             taken_at=now,
@@ -278,12 +272,8 @@ class Collector:
             ),
             nvml_available=nvml.nvml_available if nvml else None,
             nvml_driver_version=nvml.driver_version if nvml else None,
-            http_denied=inputs.http_denied,
-            http_connections=inputs.http_connections,
-            http_connections_closed=inputs.http_connections_closed,
-            watched_files=inputs.watched_files,
-            tls_certificate_not_after=inputs.tls_not_after,
             remote_write=inputs.remote_write,
+            self_series=inputs.self_series,
         )
 
     async def poll_all_once(self) -> None:

@@ -12,10 +12,20 @@ import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from hostcollector import metrics as m
 from hostcollector.kinds import Item, in_scope
-from hostcollector.label_text import escape_label_value, label_text
-from hostcollector.metrics import ALL_FAMILIES, KINDS, PREFIX, SELF_FAMILIES, Family, Number
+from hostcollector.label_text import label_text
+from hostcollector.metrics import (
+    ALL_FAMILIES,
+    EXPOSITION_SERIES,
+    KINDS,
+    SELF_FAMILIES,
+    SELF_FAMILIES_WITH_OWNER,
+    Family,
+    Number,
+)
 from hostcollector.model import Snapshot
+from hostcollector.selfmetrics import Sample
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -92,6 +102,8 @@ class _Writer:
         name = family.name
         lines = [
             f"{name}{{{labels}}} {format_value(value)}"
+            if labels
+            else f"{name} {format_value(value)}"
             for labels, value in samples
             if value is not None
         ]
@@ -168,113 +180,45 @@ def _emit(w: _Writer, snapshot: Snapshot, tenant: str | None) -> None:
 
 
 def _render_self(w: _Writer, snapshot: Snapshot) -> None:
-    families = {f.name.removeprefix(PREFIX): f for f in SELF_FAMILIES}
+    """The self-metrics in SELF_FAMILIES' order, each sample under its family: the owners'
+    (collected with the snapshot) and what the snapshot counts of itself. A family without
+    samples is still headed, but for SELF_FAMILIES_WITH_OWNER's groups when no owner reports."""
+    by_family: dict[int, list[Sample]] = {}
+    for sample in (*_snapshot_samples(snapshot), *snapshot.self_series):
+        by_family.setdefault(id(sample.family), []).append(sample)
+    absent = {
+        id(family)
+        for group in SELF_FAMILIES_WITH_OWNER
+        if not any(id(family) in by_family for family in group)
+        for family in group
+    }
+    for family in SELF_FAMILIES:
+        if family is EXPOSITION_SERIES:
+            w.header(family)
+            w.sample(family.name, "", w.series + 1)
+        elif id(family) not in absent:
+            w.pairs(family, ((s.labels, s.value) for s in by_family.get(id(family), ())))
 
-    def one(name: str, value: Number | None, labels: str = "") -> None:
-        w.header(families[name])
-        if value is not None:
-            w.sample(families[name].name, labels, value)
 
-    one("build_info", 1, label_text(snapshot.build))
-    for name, pick in (
-        ("source_up", lambda s: int(s.up)),
-        ("source_polls_total", lambda s: s.polls_total),
-        ("source_last_poll_duration_seconds", lambda s: s.last_duration_seconds),
-        ("source_last_success_timestamp_seconds", lambda s: s.last_success_timestamp_seconds),
-    ):
-        w.pairs(families[name], ((f'source="{s.name}"', pick(s)) for s in snapshot.sources))
-    w.pairs(
-        families["source_poll_errors_total"],
-        (
-            (f'source="{s.name}",reason="{escape_label_value(r)}"', n)
-            for s in snapshot.sources
-            for r, n in s.errors_by_reason
-        ),
-    )
-    health = snapshot.libvirt
-    if health is not None:
-        one("libvirt_connects_total", health.connects_total)
-        w.pairs(
-            families["libvirt_timeouts_total"],
-            ((f'reason="{r}"', n) for r, n in health.timeouts_by_reason),
-        )
-        one("libvirt_quarantined_vms", health.quarantined_vms)
-        one("libvirt_quarantines_total", health.quarantines_total)
-        one("libvirt_busy_domains_total", health.busy_domains_total)
-    one("vms", len(snapshot.vms))
-    one("vfs", len(snapshot.vfs))
+def _snapshot_samples(snapshot: Snapshot) -> Iterator[Sample]:
+    """What the snapshot counts of itself."""
+    yield Sample(m.BUILD_INFO, label_text(snapshot.build), 1)
+    yield Sample(m.VMS, "", len(snapshot.vms))
+    yield Sample(m.VFS, "", len(snapshot.vfs))
     if snapshot.nvml_available is not None:
-        one("nvml_available", int(snapshot.nvml_available))
-    one("gpus", len(snapshot.gpus))
-    one("gpus_unassigned", sum(1 for g in snapshot.gpus if not g.vm_uuid and not g.gpu.vgpus))
-    one("vgpus", sum(len(g.vgpu_vms) for g in snapshot.gpus))
-    one("vgpus_unattributed", sum(1 for g in snapshot.gpus for vm, _ in g.vgpu_vms if not vm))
-    one("vfs_unattributed", sum(1 for vf in snapshot.vfs if not vf.vm_uuid))
-    one("vms_unattributed", sum(1 for vm in snapshot.vms if not vm.tenant_id))
-    one("tenants", len({vm.tenant_id for vm in snapshot.vms if vm.tenant_id}))
-    tm = snapshot.tenant_map
-    if tm.configured:
-        one("tenant_map_entries", tm.entries)
-        one("tenant_map_reloads_total", tm.reloads_total)
-        one("tenant_map_errors_total", tm.errors_total)
-        one(
-            "tenant_map_last_reload_success_timestamp_seconds",
-            tm.last_reload_success_timestamp_seconds,
-        )
-    w.pairs(
-        families["http_requests_denied_total"],
-        ((f'reason="{r}"', n) for r, n in snapshot.http_denied),
+        yield Sample(m.NVML_AVAILABLE, "", int(snapshot.nvml_available))
+    yield Sample(m.GPUS, "", len(snapshot.gpus))
+    yield Sample(
+        m.GPUS_UNASSIGNED, "", sum(1 for g in snapshot.gpus if not g.vm_uuid and not g.gpu.vgpus)
     )
-    one("http_connections", snapshot.http_connections)
-    w.pairs(
-        families["http_connections_closed_total"],
-        ((f'reason="{r}"', n) for r, n in snapshot.http_connections_closed),
+    yield Sample(m.VGPUS, "", sum(len(g.vgpu_vms) for g in snapshot.gpus))
+    yield Sample(
+        m.VGPUS_UNATTRIBUTED, "", sum(1 for g in snapshot.gpus for vm, _ in g.vgpu_vms if not vm)
     )
-    w.pairs(
-        families["file_reloads_total"],
-        ((f'file="{name}"', loads) for name, loads, _ in snapshot.watched_files),
-    )
-    w.pairs(
-        families["file_reload_errors_total"],
-        ((f'file="{name}"', errors) for name, _, errors in snapshot.watched_files),
-    )
-    one("tls_certificate_expiry_timestamp_seconds", snapshot.tls_certificate_not_after)
-    _render_remote_write(w, snapshot, families)
-    one("snapshot_timestamp_seconds", snapshot.taken_at)
-    one("exposition_series", w.series + 1)
-
-
-def _render_remote_write(w: _Writer, snapshot: Snapshot, families: dict[str, Family]) -> None:
-    per_endpoint = [(f'endpoint="{e.endpoint}"', e) for e in snapshot.remote_write]
-    for name, attribute in (
-        ("queue_batches", "queue_batches"),
-        ("queue_samples", "queue_samples"),
-        ("queue_bytes", "queue_bytes"),
-        ("queue_oldest_sample_timestamp_seconds", "oldest_sample_timestamp_seconds"),
-        ("samples_sent_total", "samples_sent_total"),
-        ("samples_failed_total", "samples_failed_total"),
-        ("last_success_timestamp_seconds", "last_success_timestamp_seconds"),
-    ):
-        w.pairs(
-            families[f"remote_write_{name}"],
-            ((lab, getattr(e, attribute)) for lab, e in per_endpoint),
-        )
-    w.pairs(
-        families["remote_write_samples_dropped_total"],
-        (
-            (f'{lab},reason="{reason}"', n)
-            for lab, e in per_endpoint
-            for reason, n in e.samples_dropped_by_reason
-        ),
-    )
-    w.pairs(
-        families["remote_write_queue_files_dropped_total"],
-        (
-            (f'{lab},reason="{reason}"', n)
-            for lab, e in per_endpoint
-            for reason, n in e.queue_files_dropped_by_reason
-        ),
-    )
+    yield Sample(m.VFS_UNATTRIBUTED, "", sum(1 for vf in snapshot.vfs if not vf.vm_uuid))
+    yield Sample(m.VMS_UNATTRIBUTED, "", sum(1 for vm in snapshot.vms if not vm.tenant_id))
+    yield Sample(m.TENANTS, "", len({vm.tenant_id for vm in snapshot.vms if vm.tenant_id}))
+    yield Sample(m.SNAPSHOT_TIMESTAMP_SECONDS, "", snapshot.taken_at)
 
 
 def metrics_table() -> str:

@@ -49,6 +49,8 @@ class EntityKind:
     owner: Owner
     labels: tuple[Label, ...]  # its own labels, in order
     families: tuple[Family, ...]  # in exposition order
+    # A top-level kind's records: the Snapshot field holding them, or a function deriving them.
+    snapshot_field: str | None = None
     records: Callable[[Snapshot], Iterable[Any]] | None = None
     tenant_of: Callable[[Any], str] | None = None
     parent: EntityKind | None = None
@@ -63,6 +65,16 @@ class EntityKind:
     def item(self, record: Any, tenant: str, parent_labels: str = "") -> Item:
         text = ",".join(f'{name}="{escape_label_value(get(record))}"' for name, get in self.labels)
         return Item(f"{parent_labels},{text}" if parent_labels else text, tenant, record)
+
+
+def records_of(kind: EntityKind, snapshot: Snapshot) -> Iterable[Any]:
+    """A top-level kind's records, all of them."""
+    if kind.records is not None:
+        return kind.records(snapshot)
+    if kind.snapshot_field is not None:
+        records: Iterable[Any] = getattr(snapshot, kind.snapshot_field)
+        return records
+    raise TypeError(f"kind {kind.name}: neither a snapshot_field nor records")
 
 
 def visible(owner: str, scope: str | None) -> bool:
@@ -103,11 +115,11 @@ def _scoped(
             for parent in _scoped(kind.parent, snapshot, scope, built)
             for child in children(parent.record)
         ]
-    elif kind.records is not None and kind.tenant_of is not None:
+    elif kind.tenant_of is not None:
         tenant_of = kind.tenant_of
         found = [
             kind.item(record, owner)
-            for record in kind.records(snapshot)
+            for record in records_of(kind, snapshot)
             if visible(owner := tenant_of(record), scope)
         ]
     else:

@@ -30,8 +30,8 @@ Number = int | float
 class Family:
     """A metric family. Of an entity kind's families, `value` reads one sample from an item's
     record (None: no sample), or `samples` several, each with the label text it adds (`,a="x"`):
-    an info family's descriptive labels, a GPU's ECC counters by type. Self-metrics still have
-    neither (rendered in exposition.py)."""
+    an info family's descriptive labels, a GPU's ECC counters by type. A self-metric has
+    neither: its owner reports its samples (selfmetrics.py)."""
 
     name: str  # as the samples are named: counters end in _total, info in _info
     kind: Kind
@@ -946,194 +946,267 @@ def _self_family(name: str, kind: Kind, help: str, labels: tuple[str, ...] = ())
     return Family(PREFIX + name, kind, help, labels)
 
 
-# Self-metrics are rendered by hand below; declared here for the docs and tests.
+# Self-metrics: each is reported by its owner (selfmetrics.py) and named by these constants,
+# never by string.
+BUILD_INFO = _self_family(
+    "build_info",
+    "info",
+    "Version of hostcollector and of Python. Always 1.",
+    ("version", "python_version"),
+)
+SOURCE_UP = _self_family(
+    "source_up", "gauge", "1 if the source's last poll succeeded, 0 if it failed.", ("source",)
+)
+SOURCE_POLLS_TOTAL = _self_family(
+    "source_polls_total", "counter", "Polls of the source.", ("source",)
+)
+SOURCE_POLL_ERRORS_TOTAL = _self_family(
+    "source_poll_errors_total",
+    "counter",
+    "Failed polls of the source, by reason (connect, timeout, busy, stats_call, ...).",
+    ("source", "reason"),
+)
+SOURCE_LAST_POLL_DURATION_SECONDS = _self_family(
+    "source_last_poll_duration_seconds",
+    "gauge",
+    "Wall time of the source's last poll.",
+    ("source",),
+)
+SOURCE_LAST_SUCCESS_TIMESTAMP_SECONDS = _self_family(
+    "source_last_success_timestamp_seconds",
+    "gauge",
+    "When the source last polled successfully (Unix time).",
+    ("source",),
+)
+LIBVIRT_CONNECTS_TOTAL = _self_family(
+    "libvirt_connects_total",
+    "counter",
+    "Connections opened to libvirtd; more than one means reconnects.",
+)
+LIBVIRT_TIMEOUTS_TOTAL = _self_family(
+    "libvirt_timeouts_total",
+    "counter",
+    "libvirt calls abandoned past their deadline, by reason (list, stats, stats_retry, probe, no_free_lane).",
+    ("reason",),
+)
+LIBVIRT_QUARANTINED_VMS = _self_family(
+    "libvirt_quarantined_vms",
+    "gauge",
+    "VMs in quarantine now: their QEMU monitor does not answer.",
+)
+LIBVIRT_QUARANTINES_TOTAL = _self_family(
+    "libvirt_quarantines_total", "counter", "Times a VM was put into quarantine."
+)
+LIBVIRT_BUSY_DOMAINS_TOTAL = _self_family(
+    "libvirt_busy_domains_total",
+    "counter",
+    "Domains whose stats NOWAIT returned partial because their job was busy; their last good values were kept.",
+)
+VMS = _self_family("vms", "gauge", "VMs exported, in any state.")
+VFS = _self_family("vfs", "gauge", "SR-IOV VFs exported.")
+NVML_AVAILABLE = _self_family(
+    "nvml_available",
+    "gauge",
+    "1 if NVML initialised (library and driver present); 0 if not, when only sysfs GPUs are reported.",
+)
+GPUS = _self_family("gpus", "gauge", "GPU functions exported, NVML's and sysfs-only ones.")
+GPUS_UNASSIGNED = _self_family(
+    "gpus_unassigned",
+    "gauge",
+    "GPUs in use by no VM: not passed through to a domain, and hosting no vGPU.",
+)
+VGPUS = _self_family("vgpus", "gauge", "vGPU instances exported.")
+VGPUS_UNATTRIBUTED = _self_family(
+    "vgpus_unattributed", "gauge", "vGPU instances whose VM this host's libvirt does not know."
+)
+VFS_UNATTRIBUTED = _self_family(
+    "vfs_unattributed",
+    "gauge",
+    "VFs no domain holds as a hostdev (free, or given to something that is not a libvirt domain).",
+)
+VMS_UNATTRIBUTED = _self_family(
+    "vms_unattributed",
+    "gauge",
+    "VMs exported without a tenant (no metadata rule and no mapping entry matched).",
+)
+TENANTS = _self_family("tenants", "gauge", "Distinct tenants among the exported VMs.")
+TENANT_MAP_ENTRIES = _self_family(
+    "tenant_map_entries",
+    "gauge",
+    "Entries in the control plane's tenant map in force (the last good file).",
+)
+TENANT_MAP_RELOADS_TOTAL = _self_family(
+    "tenant_map_reloads_total", "counter", "Successful loads of the tenant map file."
+)
+TENANT_MAP_ERRORS_TOTAL = _self_family(
+    "tenant_map_errors_total",
+    "counter",
+    "Versions of the tenant map file that were rejected (missing, unreadable, malformed).",
+)
+TENANT_MAP_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS = _self_family(
+    "tenant_map_last_reload_success_timestamp_seconds",
+    "gauge",
+    "When the tenant map was last loaded (Unix time).",
+)
+HTTP_REQUESTS_DENIED_TOTAL = _self_family(
+    "http_requests_denied_total",
+    "counter",
+    "HTTP requests refused: missing or invalid bearer token (401), or outside the token's scope (403).",
+    ("reason",),
+)
+HTTP_CONNECTIONS = _self_family(
+    "http_connections",
+    "gauge",
+    "Connections the HTTP server holds open now (bounded below the descriptor limit).",
+)
+HTTP_CONNECTIONS_CLOSED_TOTAL = _self_family(
+    "http_connections_closed_total",
+    "counter",
+    "Connections the HTTP server closed to protect itself: evicted (the longest waiting without a request, to admit a new one at the bound), refused (at the bound with every connection busy), accept_failed (accept() found no descriptor or memory).",
+    ("reason",),
+)
+FILE_RELOADS_TOTAL = _self_family(
+    "file_reloads_total",
+    "counter",
+    "Versions of a file re-read on change that were loaded: tokens (auth.tokens_file), tls (listen.tls files).",
+    ("file",),
+)
+FILE_RELOAD_ERRORS_TOTAL = _self_family(
+    "file_reload_errors_total",
+    "counter",
+    "Versions of such a file that were rejected (unreadable, malformed, a key not matching its certificate); the last good version stays in force.",
+    ("file",),
+)
+TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS = _self_family(
+    "tls_certificate_expiry_timestamp_seconds",
+    "gauge",
+    "When the TLS certificate the server presents expires (Unix time); absent without TLS.",
+)
+REMOTE_WRITE_QUEUE_BATCHES = _self_family(
+    "remote_write_queue_batches",
+    "gauge",
+    "Batches (one request each) waiting in the endpoint's on-disk queue.",
+    ("endpoint",),
+)
+REMOTE_WRITE_QUEUE_SAMPLES = _self_family(
+    "remote_write_queue_samples",
+    "gauge",
+    "Samples waiting in the endpoint's on-disk queue.",
+    ("endpoint",),
+)
+REMOTE_WRITE_QUEUE_BYTES = _self_family(
+    "remote_write_queue_bytes",
+    "gauge",
+    "Bytes of the endpoint's on-disk queue (bounded by max_queue_bytes).",
+    ("endpoint",),
+)
+REMOTE_WRITE_QUEUE_OLDEST_SAMPLE_TIMESTAMP_SECONDS = _self_family(
+    "remote_write_queue_oldest_sample_timestamp_seconds",
+    "gauge",
+    "Timestamp of the oldest queued sample (Unix time); absent when the queue is empty. Its age is how far behind the endpoint is.",
+    ("endpoint",),
+)
+REMOTE_WRITE_SAMPLES_SENT_TOTAL = _self_family(
+    "remote_write_samples_sent_total",
+    "counter",
+    "Samples the endpoint accepted (2xx).",
+    ("endpoint",),
+)
+REMOTE_WRITE_SAMPLES_FAILED_TOTAL = _self_family(
+    "remote_write_samples_failed_total",
+    "counter",
+    "Samples in requests that failed (connection error, 5xx, 429) and stay queued for a retry.",
+    ("endpoint",),
+)
+REMOTE_WRITE_SAMPLES_DROPPED_TOTAL = _self_family(
+    "remote_write_samples_dropped_total",
+    "counter",
+    "Samples never delivered, by reason: queue_full (oldest dropped past max_queue_bytes), rejected (a 4xx other than 429), invalid_tenant (an id a store refuses, or one that would leave its tenant space: . and ..), corrupt (a queue file that became unreadable or damaged before it was sent), unqueueable (the queue directory refused the write: full or read-only disk).",
+    ("endpoint", "reason"),
+)
+REMOTE_WRITE_QUEUE_FILES_DROPPED_TOTAL = _self_family(
+    "remote_write_queue_files_dropped_total",
+    "counter",
+    "Entries of the queue directory found at start and not queued, by reason: corrupt and old_format (a header that fails its checksum or its checks, or was written before headers had one: deleted), not_a_file and foreign_name (a directory, link or other file with a batch's name: left in place). Files, not samples: a damaged header's sample count means nothing.",
+    ("endpoint", "reason"),
+)
+REMOTE_WRITE_LAST_SUCCESS_TIMESTAMP_SECONDS = _self_family(
+    "remote_write_last_success_timestamp_seconds",
+    "gauge",
+    "When the endpoint last accepted a request (Unix time).",
+    ("endpoint",),
+)
+SNAPSHOT_TIMESTAMP_SECONDS = _self_family(
+    "snapshot_timestamp_seconds", "gauge", "When the snapshot served was built (Unix time)."
+)
+EXPOSITION_SERIES = _self_family(
+    "exposition_series", "gauge", "Series in this exposition, this one included."
+)
+
+# In exposition order (the README's table follows it too).
 SELF_FAMILIES = (
-    _self_family(
-        "build_info",
-        "info",
-        "Version of hostcollector and of Python. Always 1.",
-        ("version", "python_version"),
+    BUILD_INFO,
+    SOURCE_UP,
+    SOURCE_POLLS_TOTAL,
+    SOURCE_LAST_POLL_DURATION_SECONDS,
+    SOURCE_LAST_SUCCESS_TIMESTAMP_SECONDS,
+    SOURCE_POLL_ERRORS_TOTAL,
+    LIBVIRT_CONNECTS_TOTAL,
+    LIBVIRT_TIMEOUTS_TOTAL,
+    LIBVIRT_QUARANTINED_VMS,
+    LIBVIRT_QUARANTINES_TOTAL,
+    LIBVIRT_BUSY_DOMAINS_TOTAL,
+    VMS,
+    VFS,
+    NVML_AVAILABLE,
+    GPUS,
+    GPUS_UNASSIGNED,
+    VGPUS,
+    VGPUS_UNATTRIBUTED,
+    VFS_UNATTRIBUTED,
+    VMS_UNATTRIBUTED,
+    TENANTS,
+    TENANT_MAP_ENTRIES,
+    TENANT_MAP_RELOADS_TOTAL,
+    TENANT_MAP_ERRORS_TOTAL,
+    TENANT_MAP_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+    HTTP_REQUESTS_DENIED_TOTAL,
+    HTTP_CONNECTIONS,
+    HTTP_CONNECTIONS_CLOSED_TOTAL,
+    FILE_RELOADS_TOTAL,
+    FILE_RELOAD_ERRORS_TOTAL,
+    TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS,
+    REMOTE_WRITE_QUEUE_BATCHES,
+    REMOTE_WRITE_QUEUE_SAMPLES,
+    REMOTE_WRITE_QUEUE_BYTES,
+    REMOTE_WRITE_QUEUE_OLDEST_SAMPLE_TIMESTAMP_SECONDS,
+    REMOTE_WRITE_SAMPLES_SENT_TOTAL,
+    REMOTE_WRITE_SAMPLES_FAILED_TOTAL,
+    REMOTE_WRITE_LAST_SUCCESS_TIMESTAMP_SECONDS,
+    REMOTE_WRITE_SAMPLES_DROPPED_TOTAL,
+    REMOTE_WRITE_QUEUE_FILES_DROPPED_TOTAL,
+    SNAPSHOT_TIMESTAMP_SECONDS,
+    EXPOSITION_SERIES,
+)
+
+# Families shown only while their owner reports (a libvirt source, NVML, a tenant map file):
+# each group's headers come with a sample of any of its families; every other self-metric
+# family is always headed, with or without samples.
+SELF_FAMILIES_WITH_OWNER = (
+    (
+        LIBVIRT_CONNECTS_TOTAL,
+        LIBVIRT_TIMEOUTS_TOTAL,
+        LIBVIRT_QUARANTINED_VMS,
+        LIBVIRT_QUARANTINES_TOTAL,
+        LIBVIRT_BUSY_DOMAINS_TOTAL,
     ),
-    _self_family(
-        "source_up", "gauge", "1 if the source's last poll succeeded, 0 if it failed.", ("source",)
+    (NVML_AVAILABLE,),
+    (
+        TENANT_MAP_ENTRIES,
+        TENANT_MAP_RELOADS_TOTAL,
+        TENANT_MAP_ERRORS_TOTAL,
+        TENANT_MAP_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
     ),
-    _self_family("source_polls_total", "counter", "Polls of the source.", ("source",)),
-    _self_family(
-        "source_poll_errors_total",
-        "counter",
-        "Failed polls of the source, by reason (connect, timeout, busy, stats_call, ...).",
-        ("source", "reason"),
-    ),
-    _self_family(
-        "source_last_poll_duration_seconds",
-        "gauge",
-        "Wall time of the source's last poll.",
-        ("source",),
-    ),
-    _self_family(
-        "source_last_success_timestamp_seconds",
-        "gauge",
-        "When the source last polled successfully (Unix time).",
-        ("source",),
-    ),
-    _self_family(
-        "libvirt_connects_total",
-        "counter",
-        "Connections opened to libvirtd; more than one means reconnects.",
-    ),
-    _self_family(
-        "libvirt_timeouts_total",
-        "counter",
-        "libvirt calls abandoned past their deadline, by reason (list, stats, stats_retry, probe, no_free_lane).",
-        ("reason",),
-    ),
-    _self_family(
-        "libvirt_quarantined_vms",
-        "gauge",
-        "VMs in quarantine now: their QEMU monitor does not answer.",
-    ),
-    _self_family("libvirt_quarantines_total", "counter", "Times a VM was put into quarantine."),
-    _self_family(
-        "libvirt_busy_domains_total",
-        "counter",
-        "Domains whose stats NOWAIT returned partial because their job was busy; their last good values were kept.",
-    ),
-    _self_family("vms", "gauge", "VMs exported, in any state."),
-    _self_family("vfs", "gauge", "SR-IOV VFs exported."),
-    _self_family(
-        "nvml_available",
-        "gauge",
-        "1 if NVML initialised (library and driver present); 0 if not, when only sysfs GPUs are reported.",
-    ),
-    _self_family("gpus", "gauge", "GPU functions exported, NVML's and sysfs-only ones."),
-    _self_family(
-        "gpus_unassigned",
-        "gauge",
-        "GPUs in use by no VM: not passed through to a domain, and hosting no vGPU.",
-    ),
-    _self_family("vgpus", "gauge", "vGPU instances exported."),
-    _self_family(
-        "vgpus_unattributed", "gauge", "vGPU instances whose VM this host's libvirt does not know."
-    ),
-    _self_family(
-        "vfs_unattributed",
-        "gauge",
-        "VFs no domain holds as a hostdev (free, or given to something that is not a libvirt domain).",
-    ),
-    _self_family(
-        "vms_unattributed",
-        "gauge",
-        "VMs exported without a tenant (no metadata rule and no mapping entry matched).",
-    ),
-    _self_family("tenants", "gauge", "Distinct tenants among the exported VMs."),
-    _self_family(
-        "tenant_map_entries",
-        "gauge",
-        "Entries in the control plane's tenant map in force (the last good file).",
-    ),
-    _self_family("tenant_map_reloads_total", "counter", "Successful loads of the tenant map file."),
-    _self_family(
-        "tenant_map_errors_total",
-        "counter",
-        "Versions of the tenant map file that were rejected (missing, unreadable, malformed).",
-    ),
-    _self_family(
-        "tenant_map_last_reload_success_timestamp_seconds",
-        "gauge",
-        "When the tenant map was last loaded (Unix time).",
-    ),
-    _self_family(
-        "http_requests_denied_total",
-        "counter",
-        "HTTP requests refused: missing or invalid bearer token (401), or outside the token's scope (403).",
-        ("reason",),
-    ),
-    _self_family(
-        "http_connections",
-        "gauge",
-        "Connections the HTTP server holds open now (bounded below the descriptor limit).",
-    ),
-    _self_family(
-        "http_connections_closed_total",
-        "counter",
-        "Connections the HTTP server closed to protect itself: evicted (the longest waiting without a request, to admit a new one at the bound), refused (at the bound with every connection busy), accept_failed (accept() found no descriptor or memory).",
-        ("reason",),
-    ),
-    _self_family(
-        "file_reloads_total",
-        "counter",
-        "Versions of a file re-read on change that were loaded: tokens (auth.tokens_file), tls (listen.tls files).",
-        ("file",),
-    ),
-    _self_family(
-        "file_reload_errors_total",
-        "counter",
-        "Versions of such a file that were rejected (unreadable, malformed, a key not matching its certificate); the last good version stays in force.",
-        ("file",),
-    ),
-    _self_family(
-        "tls_certificate_expiry_timestamp_seconds",
-        "gauge",
-        "When the TLS certificate the server presents expires (Unix time); absent without TLS.",
-    ),
-    _self_family(
-        "remote_write_queue_batches",
-        "gauge",
-        "Batches (one request each) waiting in the endpoint's on-disk queue.",
-        ("endpoint",),
-    ),
-    _self_family(
-        "remote_write_queue_samples",
-        "gauge",
-        "Samples waiting in the endpoint's on-disk queue.",
-        ("endpoint",),
-    ),
-    _self_family(
-        "remote_write_queue_bytes",
-        "gauge",
-        "Bytes of the endpoint's on-disk queue (bounded by max_queue_bytes).",
-        ("endpoint",),
-    ),
-    _self_family(
-        "remote_write_queue_oldest_sample_timestamp_seconds",
-        "gauge",
-        "Timestamp of the oldest queued sample (Unix time); absent when the queue is empty. Its age is how far behind the endpoint is.",
-        ("endpoint",),
-    ),
-    _self_family(
-        "remote_write_samples_sent_total",
-        "counter",
-        "Samples the endpoint accepted (2xx).",
-        ("endpoint",),
-    ),
-    _self_family(
-        "remote_write_samples_failed_total",
-        "counter",
-        "Samples in requests that failed (connection error, 5xx, 429) and stay queued for a retry.",
-        ("endpoint",),
-    ),
-    _self_family(
-        "remote_write_samples_dropped_total",
-        "counter",
-        "Samples never delivered, by reason: queue_full (oldest dropped past max_queue_bytes), rejected (a 4xx other than 429), invalid_tenant (an id a store refuses, or one that would leave its tenant space: . and ..), corrupt (a queue file that became unreadable or damaged before it was sent), unqueueable (the queue directory refused the write: full or read-only disk).",
-        ("endpoint", "reason"),
-    ),
-    _self_family(
-        "remote_write_queue_files_dropped_total",
-        "counter",
-        "Entries of the queue directory found at start and not queued, by reason: corrupt and old_format (a header that fails its checksum or its checks, or was written before headers had one: deleted), not_a_file and foreign_name (a directory, link or other file with a batch's name: left in place). Files, not samples: a damaged header's sample count means nothing.",
-        ("endpoint", "reason"),
-    ),
-    _self_family(
-        "remote_write_last_success_timestamp_seconds",
-        "gauge",
-        "When the endpoint last accepted a request (Unix time).",
-        ("endpoint",),
-    ),
-    _self_family(
-        "snapshot_timestamp_seconds", "gauge", "When the snapshot served was built (Unix time)."
-    ),
-    _self_family("exposition_series", "gauge", "Series in this exposition, this one included."),
 )
 
 
@@ -1144,7 +1217,7 @@ VM = EntityKind(
     "vm",
     (("vm_uuid", lambda vm: vm.stats.uuid), ("tenant_id", lambda vm: vm.tenant_id)),
     (*VM_FAMILIES, *VM_STATUS_FAMILIES, VM_INFO),
-    records=lambda snapshot: snapshot.vms,
+    snapshot_field="vms",
     tenant_of=lambda vm: vm.tenant_id,
     counted_as="vms",
 )
@@ -1189,7 +1262,7 @@ VF = EntityKind(
         )
     ),
     (*VF_FAMILIES, VF_INFO),
-    records=lambda snapshot: snapshot.vfs,
+    snapshot_field="vfs",
     tenant_of=lambda a: a.tenant_id,
     counted_as="vfs",
 )
@@ -1198,7 +1271,7 @@ PF = EntityKind(
     "host",
     (("pf", lambda p: p.name), ("pci_address", lambda p: p.pci_address)),
     PF_FAMILIES,
-    records=lambda snapshot: snapshot.pfs,
+    snapshot_field="pfs",
     tenant_of=lambda _: "",
 )
 GPU = EntityKind(
@@ -1225,7 +1298,7 @@ GPU = EntityKind(
         GPU_XID,
         GPU_CLOCKS_EVENT,
     ),
-    records=lambda snapshot: snapshot.gpus,
+    snapshot_field="gpus",
     # A GPU shared by vGPUs is the host's: its own series would show the other tenants' use.
     tenant_of=lambda a: a.tenant_id,
     counted_as="gpus",

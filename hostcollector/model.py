@@ -8,6 +8,10 @@ renderers turn into an absent series, never a zero.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hostcollector.metrics import Family, Number
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +355,16 @@ class RemoteWriteStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Sample:
+    """One self-metric sample, as its owner reports it (selfmetrics.py)."""
+
+    family: Family  # its declaration in metrics.py, never its name
+    labels: str  # label text, values escaped: 'source="libvirt"'; "" for none
+    # None: no value now (a gauge not measured yet); the family is still shown, as before.
+    value: Number | None
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything one exposition shows; built after each poll, read by every renderer."""
 
@@ -366,11 +380,5 @@ class Snapshot:
     nvml_available: bool | None = None  # None: the nvml source is off or has not polled yet
     nvml_driver_version: str | None = None
     remote_write: tuple[RemoteWriteStatus, ...] = ()
-    # Requests refused by the HTTP server: (reason, count), reason missing|invalid|scope.
-    http_denied: tuple[tuple[str, int], ...] = ()
-    # Connections of the HTTP server open now (None: not serving), and closed by it, by reason.
-    http_connections: int | None = None
-    http_connections_closed: tuple[tuple[str, int], ...] = ()
-    # Files re-read on change (tokens, tls): (file, loads, rejected versions).
-    watched_files: tuple[tuple[str, int, int], ...] = ()
-    tls_certificate_not_after: float | None = None  # None: no TLS
+    # Every registered owner's self-metrics (selfmetrics.py), collected with this snapshot.
+    self_series: tuple[Sample, ...] = ()

@@ -11,11 +11,12 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Generic, TypeVar
 
 from hostcollector.errors import SourceError
 from hostcollector.model import SourceStatus
+from hostcollector.selfmetrics import Sample, source_samples
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +107,6 @@ class Poller(Generic[T]):
             last_error=self._last_error,
             errors_by_reason=tuple(sorted(self._errors.items())),
         )
+
+    def collect(self) -> Iterator[Sample]:
+        return source_samples(self.status())

@@ -21,8 +21,12 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from hostcollector import metrics
+from hostcollector.selfmetrics import Sample
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -154,6 +158,19 @@ class ReloadingFiles(Generic[T]):
         self.errors_total += 1
         self.last_error = message
         log.warning("%s", message)
+
+
+@dataclass(frozen=True)
+class WatchedFile:
+    """Files re-read on change, under the name their self-metrics carry (tokens, tls)."""
+
+    name: str
+    files: ReloadingFiles[Any]
+
+    def collect(self) -> Iterator[Sample]:
+        labels = f'file="{self.name}"'
+        yield Sample(metrics.FILE_RELOADS_TOTAL, labels, self.files.reloads_total)
+        yield Sample(metrics.FILE_RELOAD_ERRORS_TOTAL, labels, self.files.errors_total)
 
 
 def _on_event_loop() -> bool:

@@ -27,12 +27,14 @@ import resource
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
 
+from hostcollector import metrics
 from hostcollector.config import ListenConfig
+from hostcollector.selfmetrics import Sample, counts_by_reason
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,12 @@ class ConnectionGuard:
     @property
     def open(self) -> int:
         return len(self._waiting) + len(self._busy)
+
+    def collect(self) -> Iterator[Sample]:
+        yield Sample(metrics.HTTP_CONNECTIONS, "", self.open)
+        yield from counts_by_reason(
+            metrics.HTTP_CONNECTIONS_CLOSED_TOTAL, self.closed_total.items()
+        )
 
     def protocol_factory(
         self, make: Callable[[], asyncio.BaseProtocol]

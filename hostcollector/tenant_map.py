@@ -9,8 +9,11 @@ wins would be an accident.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from hostcollector.model import TenantClaim, TenantMapStatus
 from hostcollector.reloading import ReloadingFiles, json_object, read_bytes
+from hostcollector.selfmetrics import Sample, tenant_map_samples
 from hostcollector.tenancy import MAX_LABEL_VALUE_CHARS
 
 # A hypervisor holds hundreds of VMs; 4 MiB is ~30,000 entries with labels, ~70,000 without.
@@ -81,3 +84,6 @@ class TenantMapFile(ReloadingFiles[dict[str, TenantClaim]]):
             last_reload_success_timestamp_seconds=self.last_success,
             last_error=self.last_error,
         )
+
+    def collect(self) -> Iterator[Sample]:
+        return tenant_map_samples(self.status())

@@ -10,12 +10,15 @@ already open keep the certificate they started with. A new set of files that doe
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from hostcollector import metrics
 from hostcollector.certinfo import certificate_not_after
 from hostcollector.config import ServerTlsConfig
 from hostcollector.errors import ConfigError
 from hostcollector.reloading import ReloadingFiles
+from hostcollector.selfmetrics import Sample
 
 RELOAD_CHECK_SECONDS = 5.0
 
@@ -82,3 +85,6 @@ class ReloadingServerTls:
         """When the certificate now served expires (the last good one)."""
         served = self._files.last_good
         return served.not_after if served is not None else None
+
+    def collect(self) -> Iterator[Sample]:
+        yield Sample(metrics.TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, "", self.not_after)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from hostcollector.attribution import attributed_vgpus
@@ -162,8 +163,15 @@ def tenant_detail(snapshot: Snapshot, tenant_id: str) -> Document | None:
     }
 
 
-def sources(snapshot: Snapshot, now: float | None = None) -> Document:
-    """Health and freshness of every source: the host's view only."""
+def sources(
+    snapshot: Snapshot,
+    now: float | None = None,
+    *,
+    files: Sequence[tuple[str, int, int]] = (),
+    tls_certificate_not_after: float | None = None,
+) -> Document:
+    """Health and freshness of every source: the host's view only; with the HTTP side's files
+    re-read on change, (name, loads, rejected versions), and its certificate's expiry."""
     now = time.time() if now is None else now
     return {
         "sources": [
@@ -188,7 +196,7 @@ def sources(snapshot: Snapshot, now: float | None = None) -> Document:
         "remote_write": snapshot.remote_write,
         "files": [
             {"file": name, "reloads_total": loads, "errors_total": errors}
-            for name, loads, errors in snapshot.watched_files
+            for name, loads, errors in files
         ],
-        "tls_certificate_not_after": snapshot.tls_certificate_not_after,
+        "tls_certificate_not_after": tls_certificate_not_after,
     }

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from hostcollector.config import Config, LibvirtConfig, SriovConfig
 from hostcollector.model import LibvirtHealth, LibvirtSample, SriovSample, VfStats, VmFreshness
+from hostcollector.selfmetrics import Sample, libvirt_samples
 from hostcollector.sources import Source
 from hostcollector.sources.domain_xml import domain_devices
 from hostcollector.sources.libvirt_stats import parse_domain_stats
@@ -71,6 +72,10 @@ class ReplayLibvirt:
             quarantines_total=h.get("quarantines_total", 0),
             busy_domains_total=h.get("busy_domains_total", 0),
         )
+
+    def collect(self) -> Iterator[Sample]:
+        # What LibvirtSource.collect() reports: its health as self-metrics.
+        return libvirt_samples(self.health())
 
     def _fresh(self, uuid: str) -> VmFreshness:
         known = self._freshness.get(uuid, {})

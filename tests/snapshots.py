@@ -14,6 +14,7 @@ from hostcollector.model import (
     TenantMapStatus,
     VmFreshness,
 )
+from hostcollector.selfmetrics import libvirt_samples, source_samples
 from hostcollector.sources.libvirt_stats import parse_domain_stats
 from hostcollector.tenancy import compile_rules, parse_tenant
 from tests.conftest import load_raw
@@ -63,4 +64,5 @@ def snapshot_from_raw(
         tenant_map=TenantMapStatus(configured=False),
         build=(("version", "0.1.0"), ("python_version", "3.11.7")),
         libvirt=HEALTH,
+        self_series=(*source_samples(SOURCE_UP), *libvirt_samples(HEALTH)),
     )

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hostcollector import views
-from hostcollector.app import build_app
+from hostcollector.app import TOKENS, build_app
 from hostcollector.collector import Collector, Exposition
 from hostcollector.config import AuthConfig, Config
 from tests.served import eventually, get, serve
@@ -204,11 +204,12 @@ def test_tokens_file_reloads_and_a_bad_one_keeps_the_last_good(api: str, tokens_
 def test_token_file_reloads_and_rejections_are_self_metrics(tokens_file: Path) -> None:
     config = Config(attribution=LAB_ATTRIBUTION, auth=AuthConfig(str(tokens_file)))
     collector = served_snapshot(config)
-    with serve(build_app(config, collector)) as url:
+    app = build_app(config, collector)
+    with serve(app) as url:
         time.sleep(1.1)
         tokens_file.write_text("tokens: [{name: broken, sha256: nothex, scope: all}]\n")
         assert get(f"{url}/api/v1/vms", token=SRE_TOKEN).status == 200  # the last good file
-        tokens = collector.watched_files["tokens"]
+        tokens = app[TOKENS]
         eventually("the broken file rejected", lambda: tokens.errors_total == 1)
         collector.refresh()
         text = get(f"{url}/metrics", token=SRE_TOKEN).body.decode()

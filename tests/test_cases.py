@@ -34,7 +34,8 @@ from hostcollector.app import build_app
 from hostcollector.collector import Collector
 from hostcollector.config import AuthConfig, Config, load_config
 from hostcollector.metrics import Family
-from tests.replay import replay_sources
+from hostcollector.tenant_map import TenantMapFile
+from tests.replay import ReplayLibvirt, replay_sources
 
 CASES = Path(__file__).parent / "cases"
 CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "config.yml").exists())
@@ -146,7 +147,14 @@ class Served:
 
 
 async def _serve(config: Config, sources: dict[str, Any]) -> Served:
-    collector = Collector(config, sources=sources)
+    libvirt = sources.get("libvirt")
+    collector = Collector(
+        config,
+        sources=sources,
+        tenant_map=TenantMapFile(config.attribution.mapping_file),
+        libvirt_health=libvirt.health if isinstance(libvirt, ReplayLibvirt) else None,
+        self_metrics=(libvirt,) if isinstance(libvirt, ReplayLibvirt) else (),
+    )
     async with TestClient(TestServer(build_app(config, collector))) as client:
         for _ in range(500):
             shown = collector.exposition.snapshot.sources

@@ -11,7 +11,7 @@ import pytest
 from hostcollector.collector import Collector
 from hostcollector.config import Config, LibvirtConfig, SourcesConfig
 from hostcollector.errors import SourceError
-from hostcollector.model import LibvirtSample, VmFreshness
+from hostcollector.model import LibvirtSample, SriovSample, VmFreshness
 from tests.test_http import RecordedLibvirt
 
 
@@ -35,6 +35,19 @@ class FlakyLibvirt(RecordedLibvirt):
         )
 
 
+class QuickSriov:
+    """A source that answers at once, with no VFs."""
+
+    name = "sriov"
+    interval_seconds = 3600.0
+
+    async def poll(self) -> SriovSample:
+        return SriovSample((), ())
+
+    async def close(self) -> None:
+        pass
+
+
 def test_a_failed_poll_keeps_last_good_values_until_max_age() -> None:
     config = Config(sources=SourcesConfig(libvirt=LibvirtConfig(max_sample_age_seconds=60)))
     source = FlakyLibvirt()
@@ -52,7 +65,7 @@ def test_a_failed_poll_keeps_last_good_values_until_max_age() -> None:
 
         source.fail_next = True
         source.sampled(now - 30)  # what the collector holds is 30 s old by now
-        collector.latest["libvirt"] = source.sample
+        collector.latest = dataclasses.replace(collector.latest, libvirt=source.sample)
         await collector.poll_all_once()
         snapshot = collector.exposition.snapshot
         assert not snapshot.sources[0].up
@@ -62,7 +75,7 @@ def test_a_failed_poll_keeps_last_good_values_until_max_age() -> None:
         )
 
         source.sampled(now - 61)
-        collector.latest["libvirt"] = source.sample
+        collector.latest = dataclasses.replace(collector.latest, libvirt=source.sample)
         await collector.poll_all_once()
         assert collector.exposition.snapshot.vms == ()  # too old: gone rather than lie
 
@@ -86,14 +99,13 @@ def test_sources_finishing_together_cost_one_render_off_the_loop(
         return real_render(snapshot, **kwargs)
 
     monkeypatch.setattr(collector_module, "render", counting_render)
-    first, second = FlakyLibvirt(), FlakyLibvirt()
-    second.name = "other"
+    first, second = FlakyLibvirt(), QuickSriov()
 
     async def go() -> None:
-        collector = Collector(Config(), sources={"libvirt": first, "other": second})
+        collector = Collector(Config(), sources={"libvirt": first, "sriov": second})
         renders.clear()
         await collector.pollers["libvirt"].poll_once()
-        await collector.pollers["other"].poll_once()
+        await collector.pollers["sriov"].poll_once()
         assert renders == []  # nothing rendered on the loop
         await asyncio.sleep(collector_module.RENDER_COALESCE_SECONDS + 0.3)
         assert len(renders) == 1 and renders[0].startswith("hc-render")
@@ -114,7 +126,7 @@ def test_a_render_waits_for_a_poll_still_running(monkeypatch: pytest.MonkeyPatch
         return real_render(snapshot, **kwargs)
 
     monkeypatch.setattr(collector_module, "render", counting_render)
-    quick, slow = FlakyLibvirt(), FlakyLibvirt()
+    quick, slow = QuickSriov(), FlakyLibvirt()
     slow_poll = slow.poll
 
     async def slower() -> LibvirtSample:
@@ -124,13 +136,13 @@ def test_a_render_waits_for_a_poll_still_running(monkeypatch: pytest.MonkeyPatch
     slow.poll = slower  # type: ignore[method-assign]
 
     async def go() -> None:
-        collector = Collector(Config(), sources={"quick": quick, "libvirt": slow})
+        collector = Collector(Config(), sources={"sriov": quick, "libvirt": slow})
         renders.clear()
         await asyncio.gather(*(p.poll_once() for p in collector.pollers.values()))
         await asyncio.sleep(collector_module.RENDER_COALESCE_SECONDS + 0.3)
         assert len(renders) == 1  # not one for the quick source and one for the slow one
         assert {s.name: s.polls_total for s in collector.exposition.snapshot.sources} == {
-            "quick": 1,
+            "sriov": 1,
             "libvirt": 1,
         }
         await collector.stop()

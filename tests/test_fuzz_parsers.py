@@ -23,7 +23,13 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from hostcollector.config import AttributionConfig, MetadataRuleConfig
 from hostcollector.model import TenantClaim
 from hostcollector.sources.domain_xml import DomainDevices, domain_devices, pci_address
-from hostcollector.sources.rtnetlink import LINK_STATES, LINK_STATS64, UNSUPPORTED, parse_link
+from hostcollector.sources.rtnetlink import (
+    LINK_STATES,
+    LINK_STATS64,
+    UNSUPPORTED,
+    VfInfo,
+    parse_link,
+)
 from hostcollector.sources.sriov import build_pf_sample
 from hostcollector.sources.sriov_sysfs import PhysicalFunction, discover_pfs, read_vf_sysfs_stats
 from hostcollector.tenancy import MAX_LABEL_VALUE_CHARS, NOVA_1_1, compile_rules, parse_tenant
@@ -327,7 +333,7 @@ def encode_link(
     return bytes(msg.data[: msg["header"]["length"]])
 
 
-def pyroute2_reads(data: bytes) -> tuple[str, int | None, dict[str, int], list[dict[str, Any]]]:
+def pyroute2_reads(data: bytes) -> tuple[str, int | None, dict[str, int], list[VfInfo]]:
     """What pyroute2's generic decoder reads, in hostcollector's terms: the oracle."""
     msg = ifinfmsg(data)
     msg.decode()
@@ -356,7 +362,7 @@ def pyroute2_reads(data: bytes) -> tuple[str, int | None, dict[str, int], list[d
             for attr, field in zip(VF_STAT_NAMES, OUR_VF_STATS, strict=True):
                 if (value := counters.get_attr(attr)) is not None:
                     fields[field] = value
-        vfs.append(fields)
+        vfs.append(VfInfo(**fields))
     return (
         msg.get_attr("IFLA_IFNAME"),
         msg.get_attr("IFLA_NUM_VF"),

@@ -162,7 +162,7 @@ def test_openmetrics_is_rendered_up_front_once_a_scraper_asked_for_it() -> None:
         collector = client.server.app[COLLECTOR]
         assert collector.exposition.ready == {(False, False), (False, True)}
         await client.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
-        assert collector.openmetrics_wanted
+        assert collector.exposition.openmetrics_wanted
         await collector.pollers["libvirt"].poll_once()
         for _ in range(200):  # the next render, coalesced and off the loop
             if (True, True) in collector.exposition.ready:

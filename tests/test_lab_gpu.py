@@ -12,6 +12,7 @@ import pytest
 
 from hostcollector.collector import Collector
 from hostcollector.config import Config, NvmlConfig, SourcesConfig, SriovConfig
+from hostcollector.wiring import build_collector
 from tests.gpu_fixtures import ASSIGNED, make_gpu_sysfs
 from tests.labkit import ACME, GLOBEX, defined_domain_xml, require_lab, virsh
 from tests.nvml_stub import stub
@@ -48,7 +49,7 @@ def gpu_vms(tmp_path: Path) -> Iterator[str]:
 
 def collect(config: Config) -> Collector:
     async def go() -> Collector:
-        collector = Collector(config)
+        collector = build_collector(config)
         try:
             await collector.poll_all_once()
         finally:

@@ -15,6 +15,7 @@ import pytest
 
 from hostcollector.collector import Collector
 from hostcollector.config import Config, LibvirtConfig, SourcesConfig, SriovConfig
+from hostcollector.wiring import build_collector
 from tests.labkit import defined_domain_xml, domxml, require_lab, virsh
 from tests.sriov_fixtures import HOSTDEV_VMS, SCENARIO, make_sysfs
 from tests.test_sriov import RecordedLinks
@@ -104,7 +105,9 @@ def test_live_netlink_counters_match_sysfs(veth_pair: str) -> None:
 
 def test_source_on_a_host_without_vfs_reports_nothing_and_no_error() -> None:
     async def go() -> object:
-        collector = Collector(Config(sources=SourcesConfig(libvirt=LibvirtConfig(enabled=False))))
+        collector = build_collector(
+            Config(sources=SourcesConfig(libvirt=LibvirtConfig(enabled=False)))
+        )
         try:
             return await collector.pollers["sriov"].poll_once()
         finally:
@@ -148,7 +151,7 @@ def test_vfs_are_attributed_through_domains_in_libvirtd(hostdev_vms: None, tmp_p
     )
 
     async def go() -> Collector:
-        collector = Collector(config)
+        collector = build_collector(config)
         collector.sources["sriov"]._links = RecordedLinks()  # type: ignore[attr-defined]
         try:
             await collector.poll_all_once()
@@ -186,7 +189,7 @@ def test_source_reads_the_live_kernel_from_its_lane_thread(tmp_path: Path) -> No
     )
 
     async def go() -> object:
-        collector = Collector(config)
+        collector = build_collector(config)
         try:
             return await collector.pollers["sriov"].poll_once()
         finally:

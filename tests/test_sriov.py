@@ -19,7 +19,7 @@ from hostcollector.attribution import attribute_vfs
 from hostcollector.config import SriovConfig
 from hostcollector.exposition import render
 from hostcollector.model import PfStats, SriovSample
-from hostcollector.sources.domain_xml import hostdev_pci_addresses
+from hostcollector.sources.domain_xml import domain_devices
 from hostcollector.sources.rtnetlink import parse_link
 from hostcollector.sources.sriov import SriovSource, build_pf_sample
 from hostcollector.sources.sriov_sysfs import discover_pfs, read_vf_sysfs_stats
@@ -199,8 +199,8 @@ def test_hostdev_addresses_from_domain_xml() -> None:
       <hostdev mode='subsystem' type='usb'><source><address bus='1' device='2'/></source></hostdev>
       <interface type='bridge'><source bridge='br0'/></interface>
     </devices></domain>"""
-    assert hostdev_pci_addresses(xml) == ("0000:3b:02.1", "0000:3c:02.0")
-    assert hostdev_pci_addresses("<domain") == ()
+    assert domain_devices(xml).pci == ("0000:3b:02.1", "0000:3c:02.0")
+    assert domain_devices("<domain").pci == ()
 
 
 def test_vfs_attributed_to_vms_and_tenants_and_rendered(sysfs: Path) -> None:
@@ -303,7 +303,7 @@ def test_struct_decoder_agrees_with_pyroute2(pf) -> None:  # type: ignore[no-unt
         "receive_multicast",
         "receive_drop",
     )
-    assert [{k: vf.get(k) for k in keys} for vf in ours.vfs] == oracle["vfs"]
+    assert [{k: getattr(vf, k) for k in keys} for vf in ours.vfs] == oracle["vfs"]
 
 
 def test_truncated_or_garbled_messages_end_the_list_not_the_poll() -> None:

@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from hostcollector.config import RemoteWriteConfig
@@ -35,6 +35,7 @@ from hostcollector.remote_write.protocol import (
 from hostcollector.remote_write.queue import DiskQueue, NewBatch
 from hostcollector.remote_write.schedule import host_offset_ms, interval_ms, next_tick_ms
 from hostcollector.remote_write.sender import EndpointSender
+from hostcollector.selfmetrics import Sample, remote_write_samples
 
 log = logging.getLogger(__name__)
 # Series per request: bounds a request's size (~1.5 MB uncompressed) and the cost of a retry.
@@ -219,6 +220,10 @@ class RemoteWriter:
 
     def status(self) -> tuple[RemoteWriteStatus, ...]:
         return tuple(sender.status() for sender in self.senders)
+
+    def collect(self) -> Iterator[Sample]:
+        for status in self.status():
+            yield from remote_write_samples(status)
 
     async def close(self) -> None:
         if self._task is not None:

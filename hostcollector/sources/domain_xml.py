@@ -54,8 +54,3 @@ def domain_devices(xml: str) -> DomainDevices:
         if (uuid := address.get("uuid"))
     ]
     return DomainDevices(tuple(dict.fromkeys(pci)), tuple(dict.fromkeys(mdev)))
-
-
-def hostdev_pci_addresses(xml: str) -> tuple[str, ...]:
-    """Host PCI addresses of the domain's passthrough devices, in document order."""
-    return domain_devices(xml).pci

@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,6 +40,7 @@ from hostcollector.config import LibvirtConfig
 from hostcollector.errors import SourceError
 from hostcollector.handover import Handover
 from hostcollector.model import LibvirtHealth, LibvirtSample, TenantClaim
+from hostcollector.selfmetrics import Sample, libvirt_samples
 from hostcollector.sources.domain_xml import DomainDevices, domain_devices
 from hostcollector.sources.libvirt_stats import carry_over, is_partial, parse_domain_stats
 from hostcollector.sources.libvirt_tracker import CONTROL_OCCUPIED, DomainTracker, ListedDomain
@@ -162,8 +163,15 @@ class LibvirtSource:
     name = "libvirt"
 
     def __init__(
-        self, config: LibvirtConfig, rules: Sequence[MetadataRule], *, record_raw: bool = False
+        self,
+        config: LibvirtConfig,
+        rules: Sequence[MetadataRule],
+        *,
+        handover: Handover | None = None,
+        record_raw: bool = False,
     ) -> None:
+        """`handover`: where lifecycle events go for remote write (the composition root hands
+        the writer the same one); a fresh one if none is given."""
         self.config = config
         self._rules = tuple(rules)
         self._namespaces = tuple(dict.fromkeys(rule.namespace for rule in rules))
@@ -192,7 +200,7 @@ class LibvirtSource:
         self._stale_lock = threading.Lock()
         # Lifecycle events as far as live migration goes: which VMs remote write leaves to the
         # other host now (handover.py).
-        self.handover = Handover()
+        self.handover = Handover() if handover is None else handover
 
     @property
     def interval_seconds(self) -> float:
@@ -223,7 +231,7 @@ class LibvirtSource:
         self._polls += 1
         await self._query(plan.query, listing, deadline, groups)
         if plan.probe:
-            self._start_probe(plan.probe[0], listing)
+            self._start_probe(plan.probe[0])
         domains, freshness = self._tracker.sample(listing.domains)
         raw = None
         if self._record_raw:
@@ -339,7 +347,7 @@ class LibvirtSource:
 
     # -- quarantine probe, off the main path ---------------------------------------------------
 
-    def _start_probe(self, uuid: str, listing: _Listing) -> None:
+    def _start_probe(self, uuid: str) -> None:
         if self._probe_task is not None and not self._probe_task.done():
             return
         if self._probe_lane.busy:
@@ -570,6 +578,10 @@ class LibvirtSource:
     def _mark_stale(self, dom: Any) -> None:
         with self._stale_lock:
             self._stale.add(dom.UUIDString())
+
+    def collect(self) -> Iterator[Sample]:
+        """Its health as self-metrics (selfmetrics.SelfMetrics)."""
+        return libvirt_samples(self.health())
 
 
 def _describe(exc: Any) -> str:

@@ -1,6 +1,6 @@
 """Typed parameters of virConnectGetAllDomainStats -> DomainStats, in base units. Pure.
 
-Field quirks (shared/reference/domain.md): cpu.* and vcpu.N.* and block.N.*.times are
+Field quirks (libvirt 9.0, as recorded in tests/fixtures): cpu.* and vcpu.N.* and block.N.*.times are
 nanoseconds; balloon.* sizes are KiB; vcpu.N.wait is host scheduler wait (not guest I/O wait),
 vcpu.N.delay is run-queue delay, i.e. steal. Every field is optional: a domain whose job lock was
 busy (NOWAIT) or that is shut off comes back with fields missing, and missing stays None.

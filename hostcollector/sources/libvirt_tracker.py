@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 CONTROL_OK = 0
 CONTROL_JOB = 1  # a background job (migration, ...) is running
 CONTROL_OCCUPIED = 2  # a monitor command is running; stateTime says for how long
-CONTROL_ERROR = 3
 
 
 @dataclass(frozen=True, slots=True)

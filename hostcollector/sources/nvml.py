@@ -1,7 +1,8 @@
 """The GPU source: NVML for GPUs the host driver owns, sysfs for those it cannot see.
 
 The only module that imports `pynvml` (NVIDIA's nvidia-ml-py), lazily. Every NVML call runs in
-this source's own thread lane with a deadline. Facts it relies on (shared/reference/domain.md):
+this source's own thread lane with a deadline. Facts it relies on (NVML's nvml.h and NVIDIA's
+NVML API reference):
 
 - GPUs are keyed by UUID and PCI address, never by index (indexes shift when one drops out).
 - NVML_ERROR_GPU_IS_LOST marks that GPU lost; the others carry on. NOT_SUPPORTED (and the

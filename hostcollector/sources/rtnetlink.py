@@ -15,7 +15,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 _HEADERS = 16 + 16  # nlmsghdr + ifinfomsg
 _TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
@@ -34,17 +33,10 @@ IFLA_VF_RATE = 6
 IFLA_VF_STATS = 8
 IFLA_VF_TRUST = 9
 
-# IFLA_VF_STATS_* -> VfStats field; 6 is IFLA_VF_STATS_PAD
-VF_COUNTERS = {
-    0: "receive_packets",
-    1: "transmit_packets",
-    2: "receive_bytes",
-    3: "transmit_bytes",
-    4: "receive_broadcast",
-    5: "receive_multicast",
-    7: "receive_drop",
-    8: "transmit_drop",
-}
+# IFLA_VF_STATS_*: RX_PACKETS, TX_PACKETS, RX_BYTES, TX_BYTES, BROADCAST, MULTICAST, PAD (6,
+# never a counter), RX_DROPPED, TX_DROPPED
+IFLA_VF_STATS_PAD = 6
+IFLA_VF_STATS_LAST = 8
 # struct rtnl_link_stats64, the leading counters
 LINK_STATS64 = (
     "rx_packets",
@@ -60,6 +52,31 @@ LINK_STATES = {0: "auto", 1: "enable", 2: "disable"}
 UNSUPPORTED = 0xFFFFFFFF  # spoof check / trust the driver cannot report
 
 
+@dataclass(slots=True)
+class VfInfo:
+    """One IFLA_VF_INFO: a VF's config and counters, each None where the message has none
+    (counters: a driver that keeps none, or a kernel before 4.20 for the drop counters). Not
+    frozen: made for every VF of every poll, and a frozen dataclass takes ~2x as long to make."""
+
+    index: int | None = None
+    mac: str | None = None  # None for an all-zero address: none set
+    vlan: int | None = None
+    qos: int | None = None
+    spoof_check: bool | None = None
+    trust: bool | None = None
+    link_state: str | None = None
+    min_tx_rate_mbps: int | None = None
+    max_tx_rate_mbps: int | None = None
+    receive_packets: int | None = None
+    transmit_packets: int | None = None
+    receive_bytes: int | None = None
+    transmit_bytes: int | None = None
+    receive_broadcast: int | None = None
+    receive_multicast: int | None = None
+    receive_drop: int | None = None
+    transmit_drop: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class LinkInfo:
     """What one RTM_NEWLINK message says of a link and its VFs."""
@@ -67,7 +84,7 @@ class LinkInfo:
     name: str | None
     num_vf: int | None
     link_stats: dict[str, int]
-    vfs: tuple[dict[str, Any], ...]  # VfStats fields by VF, from IFLA_VFINFO_LIST
+    vfs: tuple[VfInfo, ...]  # from IFLA_VFINFO_LIST, in the message's order
 
 
 def _attributes(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
@@ -84,7 +101,7 @@ def _attributes(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, i
 def parse_link(data: bytes) -> LinkInfo:
     name = num_vf = None
     link_stats: dict[str, int] = {}
-    vfs: list[dict[str, Any]] = []
+    vfs: list[VfInfo] = []
     if len(data) < _HEADERS:
         return LinkInfo(None, None, link_stats, ())  # cut before the first attribute
     (length,) = struct.unpack_from("=I", data, 0)
@@ -107,35 +124,55 @@ def parse_link(data: bytes) -> LinkInfo:
     return LinkInfo(name, num_vf, link_stats, tuple(vfs))
 
 
-def _vf(data: bytes, start: int, end: int) -> dict[str, Any]:
-    fields: dict[str, Any] = {"index": None}
+def _vf(data: bytes, start: int, end: int) -> VfInfo:
+    index = mac = vlan = qos = spoof_check = trust = link_state = min_rate = max_rate = None
+    counters: list[int | None] = [None] * (IFLA_VF_STATS_LAST + 1)
     for kind, at, stop in _attributes(data, start, end):
         size = stop - at
         if kind == IFLA_VF_MAC and size >= 10:
-            fields["index"] = struct.unpack_from("=I", data, at)[0]
-            mac = data[at + 4 : at + 10]
-            if any(mac):
-                fields["mac"] = ":".join(f"{b:02x}" for b in mac)
+            index = struct.unpack_from("=I", data, at)[0]
+            address = data[at + 4 : at + 10]
+            if any(address):
+                mac = ":".join(f"{b:02x}" for b in address)
         elif kind == IFLA_VF_VLAN and size >= 12:
-            index, fields["vlan"], fields["qos"] = struct.unpack_from("=3I", data, at)
-            fields["index"] = index if fields["index"] is None else fields["index"]
+            vlan_index, vlan, qos = struct.unpack_from("=3I", data, at)
+            index = vlan_index if index is None else index  # IFLA_VF_MAC's wins
         elif kind == IFLA_VF_SPOOFCHK and size >= 8:
             setting = struct.unpack_from("=I", data, at + 4)[0]
             if setting != UNSUPPORTED:
-                fields["spoof_check"] = bool(setting)
+                spoof_check = bool(setting)
         elif kind == IFLA_VF_TRUST and size >= 8:
             setting = struct.unpack_from("=I", data, at + 4)[0]
             if setting != UNSUPPORTED:
-                fields["trust"] = bool(setting)
+                trust = bool(setting)
         elif kind == IFLA_VF_LINK_STATE and size >= 8:
-            fields["link_state"] = LINK_STATES.get(struct.unpack_from("=I", data, at + 4)[0])
+            link_state = LINK_STATES.get(struct.unpack_from("=I", data, at + 4)[0])
         elif kind == IFLA_VF_RATE and size >= 12:
-            _, fields["min_tx_rate_mbps"], fields["max_tx_rate_mbps"] = struct.unpack_from(
-                "=3I", data, at
-            )
+            _, min_rate, max_rate = struct.unpack_from("=3I", data, at)
         elif kind == IFLA_VF_STATS:
             for counter, c_at, c_stop in _attributes(data, at, stop):
-                name = VF_COUNTERS.get(counter)
-                if name is not None and c_stop - c_at >= 8:
-                    fields[name] = struct.unpack_from("=Q", data, c_at)[0]
-    return fields
+                if (
+                    counter <= IFLA_VF_STATS_LAST
+                    and counter != IFLA_VF_STATS_PAD
+                    and c_stop - c_at >= 8
+                ):
+                    counters[counter] = struct.unpack_from("=Q", data, c_at)[0]
+    return VfInfo(
+        index=index,
+        mac=mac,
+        vlan=vlan,
+        qos=qos,
+        spoof_check=spoof_check,
+        trust=trust,
+        link_state=link_state,
+        min_tx_rate_mbps=min_rate,
+        max_tx_rate_mbps=max_rate,
+        receive_packets=counters[0],
+        transmit_packets=counters[1],
+        receive_bytes=counters[2],
+        transmit_bytes=counters[3],
+        receive_broadcast=counters[4],
+        receive_multicast=counters[5],
+        receive_drop=counters[7],
+        transmit_drop=counters[8],
+    )

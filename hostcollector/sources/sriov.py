@@ -21,13 +21,13 @@ import base64
 import contextlib
 import errno
 import logging
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from hostcollector.config import SriovConfig
 from hostcollector.errors import SourceError
 from hostcollector.model import PfStats, SriovSample, VfStats
-from hostcollector.sources.rtnetlink import LinkInfo, parse_link
+from hostcollector.sources.rtnetlink import LinkInfo, VfInfo, parse_link
 from hostcollector.sources.sriov_sysfs import (
     PhysicalFunction,
     discover_pfs,
@@ -48,20 +48,12 @@ def build_pf_sample(
     """Join netlink's view of a PF with sysfs's; fill a truncated VF list from sysfs."""
     vfs: list[VfStats] = []
     seen: set[int] = set()
-    for fields in link.vfs:
-        index = fields.get("index")
-        if not isinstance(index, int) or index in seen:
+    for info in link.vfs:
+        index = info.index
+        if index is None or index in seen:
             continue
         seen.add(index)
-        has_counters = "receive_packets" in fields or "receive_bytes" in fields
-        vfs.append(
-            VfStats(
-                pf=pf.name,
-                pci_address=pf.vf_pci.get(index),
-                stats_source="netlink" if has_counters else "",
-                **fields,
-            )
-        )
+        vfs.append(_netlink_vf(pf, index, info))
     expected = max(pf.numvfs, link.num_vf or 0)
     truncated = len(seen) < expected
     if truncated:
@@ -72,15 +64,7 @@ def build_pf_sample(
                 continue
             counters = sysfs_stats(pf.name, index)
             if counters:  # otherwise left out: a missing VF is never shown as zeros
-                vfs.append(
-                    VfStats(
-                        pf=pf.name,
-                        index=index,
-                        pci_address=pf.vf_pci.get(index),
-                        stats_source="sysfs",
-                        **cast(dict[str, Any], counters),
-                    )
-                )
+                vfs.append(_sysfs_vf(pf, index, counters))
     stats = link.link_stats
     pf_stats = PfStats(
         name=pf.name,
@@ -94,6 +78,50 @@ def build_pf_sample(
         transmit_packets=stats.get("tx_packets"),
     )
     return pf_stats, sorted(vfs, key=lambda vf: vf.index)
+
+
+def _netlink_vf(pf: PhysicalFunction, index: int, info: VfInfo) -> VfStats:
+    has_counters = info.receive_packets is not None or info.receive_bytes is not None
+    return VfStats(
+        pf=pf.name,
+        index=index,
+        pci_address=pf.vf_pci.get(index),
+        stats_source="netlink" if has_counters else "",
+        mac=info.mac,
+        vlan=info.vlan,
+        qos=info.qos,
+        spoof_check=info.spoof_check,
+        trust=info.trust,
+        link_state=info.link_state,
+        min_tx_rate_mbps=info.min_tx_rate_mbps,
+        max_tx_rate_mbps=info.max_tx_rate_mbps,
+        receive_packets=info.receive_packets,
+        transmit_packets=info.transmit_packets,
+        receive_bytes=info.receive_bytes,
+        transmit_bytes=info.transmit_bytes,
+        receive_broadcast=info.receive_broadcast,
+        receive_multicast=info.receive_multicast,
+        receive_drop=info.receive_drop,
+        transmit_drop=info.transmit_drop,
+    )
+
+
+def _sysfs_vf(pf: PhysicalFunction, index: int, counters: Mapping[str, int]) -> VfStats:
+    # The driver's counters by VfStats field name (sriov_sysfs._SYSFS_COUNTERS); no config.
+    return VfStats(
+        pf=pf.name,
+        index=index,
+        pci_address=pf.vf_pci.get(index),
+        stats_source="sysfs",
+        receive_packets=counters.get("receive_packets"),
+        transmit_packets=counters.get("transmit_packets"),
+        receive_bytes=counters.get("receive_bytes"),
+        transmit_bytes=counters.get("transmit_bytes"),
+        receive_broadcast=counters.get("receive_broadcast"),
+        receive_multicast=counters.get("receive_multicast"),
+        receive_drop=counters.get("receive_drop"),
+        transmit_drop=counters.get("transmit_drop"),
+    )
 
 
 class NetlinkLinks:

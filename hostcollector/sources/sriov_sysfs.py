@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hostcollector.sources.sysfs import read_int, read_text
 
-# sysfs counter names -> VfCounters fields
+# sysfs counter names -> VfStats fields
 _SYSFS_COUNTERS = {
     "rx_packets": "receive_packets",
     "tx_packets": "transmit_packets",

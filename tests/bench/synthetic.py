@@ -51,7 +51,6 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
     from aiohttp import web
 
     from hostcollector.app import build_app, tune_gc
-    from hostcollector.collector import Collector
     from hostcollector.config import (
         AttributionConfig,
         Config,
@@ -66,6 +65,7 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
     )
     from hostcollector.remote_write.protocol import compress
     from hostcollector.remote_write.writer import RemoteWriter
+    from hostcollector.wiring import build_collector
     from tests.bench.fakes import FakeConnection
     from tests.bench.scrape import parse_wrk, wrk_command
     from tests.labkit import free_port
@@ -145,7 +145,7 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
     )
 
     async def run() -> dict[str, Any]:
-        collector = Collector(config)
+        collector = build_collector(config)
         tune_gc()  # as `hostcollector run` does
         collector.sources["sriov"]._links = links  # type: ignore[attr-defined]
         await collector.poll_all_once()  # warm: connections, metadata parsed once per VM
