@@ -84,6 +84,18 @@ VM_FAMILIES = (
         lambda vm: vm.stats.cpu_system_seconds,
     ),
     _vm(
+        "vm_cpu_haltpoll_success_seconds_total",
+        "counter",
+        "Host CPU time KVM spent halt-polling the domain's idle vCPUs until an interrupt came (cpu.haltpoll.success.time, ns -> s; KVM only, 0 under TCG).",
+        lambda vm: vm.stats.cpu_haltpoll_success_seconds,
+    ),
+    _vm(
+        "vm_cpu_haltpoll_fail_seconds_total",
+        "counter",
+        "Host CPU time KVM spent halt-polling the domain's idle vCPUs in vain, before it let them sleep (cpu.haltpoll.fail.time, ns -> s; KVM only, 0 under TCG).",
+        lambda vm: vm.stats.cpu_haltpoll_fail_seconds,
+    ),
+    _vm(
         "vm_vcpus_current",
         "gauge",
         "vCPUs online (vcpu.current).",

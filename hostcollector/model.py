@@ -79,6 +79,8 @@ class DomainStats:
     cpu_time_seconds: float | None = None
     cpu_user_seconds: float | None = None
     cpu_system_seconds: float | None = None
+    cpu_haltpoll_success_seconds: float | None = None
+    cpu_haltpoll_fail_seconds: float | None = None
     vcpu_current: int | None = None
     vcpu_maximum: int | None = None
     vcpus: tuple[VcpuStats, ...] = ()

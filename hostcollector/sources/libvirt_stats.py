@@ -46,6 +46,8 @@ def parse_domain_stats(uuid: str, name: str, raw: Mapping[str, Any]) -> DomainSt
         cpu_time_seconds=_seconds(raw, "cpu.time"),
         cpu_user_seconds=_seconds(raw, "cpu.user"),
         cpu_system_seconds=_seconds(raw, "cpu.system"),
+        cpu_haltpoll_success_seconds=_seconds(raw, "cpu.haltpoll.success.time"),
+        cpu_haltpoll_fail_seconds=_seconds(raw, "cpu.haltpoll.fail.time"),
         vcpu_current=_int(raw, "vcpu.current"),
         vcpu_maximum=_int(raw, "vcpu.maximum"),
         vcpus=_vcpus(raw),
@@ -172,7 +174,13 @@ def is_partial(raw: Mapping[str, Any], groups: tuple[str, ...]) -> bool:
 
 # Which DomainStats fields each stats group fills
 GROUP_FIELDS = {
-    "cpu_total": ("cpu_time_seconds", "cpu_user_seconds", "cpu_system_seconds"),
+    "cpu_total": (
+        "cpu_time_seconds",
+        "cpu_user_seconds",
+        "cpu_system_seconds",
+        "cpu_haltpoll_success_seconds",
+        "cpu_haltpoll_fail_seconds",
+    ),
     "vcpu": ("vcpu_current", "vcpu_maximum", "vcpus"),
     "balloon": ("memory",),
     "block": ("blocks",),
