@@ -319,11 +319,14 @@ class SourceStatus:
     name: str
     up: bool
     polls_total: int
-    errors_total: int
     last_duration_seconds: float | None
     last_success_timestamp_seconds: float | None
     last_error: str | None
     errors_by_reason: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def errors_total(self) -> int:
+        return sum(count for _, count in self.errors_by_reason)
 
 
 @dataclass(frozen=True, slots=True)

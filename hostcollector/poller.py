@@ -101,7 +101,6 @@ class Poller(Generic[T]):
             name=self.name,
             up=bool(self._up),
             polls_total=self._polls,
-            errors_total=sum(self._errors.values()),
             last_duration_seconds=self._last_duration,
             last_success_timestamp_seconds=self._last_success,
             last_error=self._last_error,

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from hostcollector.config import Config, LibvirtConfig, SriovConfig
+from hostcollector.errors import SourceError
 from hostcollector.model import LibvirtHealth, LibvirtSample, SriovSample, VfStats, VmFreshness
 from hostcollector.selfmetrics import Sample, libvirt_samples
 from hostcollector.sources import Source
@@ -36,8 +38,11 @@ from hostcollector.sources.rtnetlink import parse_link
 from hostcollector.sources.sriov import build_pf_sample
 from hostcollector.sources.sriov_sysfs import PhysicalFunction
 from hostcollector.tenancy import compile_rules, parse_tenant
+from tests.conftest import load_raw
 from tests.gpu_fixtures import GpuFunction, make_gpu_sysfs
 from tests.nvml_stub.stub import SCENARIO_ENV, write_scenario
+from tests.snapshots import LAB_ATTRIBUTION
+from tests.sriov_fixtures import recording
 
 REPLAY_INTERVAL_SECONDS = 3600.0
 SetEnv = Callable[[str, str], None]
@@ -197,3 +202,51 @@ def replay_sources(
     if config.sources.nvml.enabled:
         sources["nvml"] = replay_nvml(config, case, stub_library(), scratch, setenv)
     return sources
+
+
+# -- Fakes shared by several test modules ------------------------------------------------------
+
+
+class RecordedLibvirt:
+    """A Source that replays a lab recording through the real parsing code, counting polls."""
+
+    name = "libvirt"
+    interval_seconds = 3600.0
+
+    def __init__(self, fail: bool = False) -> None:
+        self.polls = 0
+        self.fail = fail
+        raw = load_raw()
+        rules = compile_rules(LAB_ATTRIBUTION)
+        self.sample = LibvirtSample(
+            tuple(parse_domain_stats(e["uuid"], e["name"], e["stats"]) for e in raw),
+            {e["uuid"]: parse_tenant(e["metadata"], rules) for e in raw},
+            {e["uuid"]: VmFreshness(time.time()) for e in raw},
+            time.time(),
+        )
+
+    async def poll(self) -> LibvirtSample:
+        self.polls += 1
+        if self.fail:
+            raise SourceError("connect", "cannot connect to qemu:///system")
+        return self.sample
+
+    async def close(self) -> None:
+        pass
+
+
+class RecordedLinks:
+    """NetlinkLinks replaced at the socket: answers with recorded RTM_NEWLINK bytes."""
+
+    def __init__(self, pfs: list[dict] | None = None) -> None:  # type: ignore[type-arg]
+        self.by_index = {
+            pf["ifindex"]: base64.b64decode(pf["rtm_newlink_base64"]) for pf in pfs or recording()
+        }
+        self.asked: list[int] = []
+
+    def fetch(self, ifindex: int) -> bytes | None:
+        self.asked.append(ifindex)
+        return self.by_index.get(ifindex)
+
+    def close(self) -> None:
+        pass

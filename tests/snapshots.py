@@ -27,7 +27,7 @@ LAB_ATTRIBUTION = AttributionConfig(
     ),
     info_labels=("flavor", "project_name", "tier"),
 )
-SOURCE_UP = SourceStatus("libvirt", True, 3, 1, 0.25, 1795929818.5, None, (("timeout", 1),))
+SOURCE_UP = SourceStatus("libvirt", True, 3, 0.25, 1795929818.5, None, (("timeout", 1),))
 TAKEN_AT = 1795929820.0
 SAMPLED_AT = 1795929818.25
 QUARANTINED = "b1b1b1b1-0000-4000-8000-000000000002"

@@ -12,7 +12,7 @@ from hostcollector.collector import Collector
 from hostcollector.config import Config, LibvirtConfig, SourcesConfig
 from hostcollector.errors import SourceError
 from hostcollector.model import LibvirtSample, SriovSample, VmFreshness
-from tests.test_http import RecordedLibvirt
+from tests.replay import RecordedLibvirt
 
 
 class FlakyLibvirt(RecordedLibvirt):

@@ -107,7 +107,9 @@ def hostile(snapshot: Snapshot, raw: str) -> Snapshot:
         for i, (vm, tenant) in enumerate(zip(snapshot.vms, tenants, strict=True))
     )
     assert [vm.stats.name[len(raw) :] for vm in vms] == ["0", "1", "2", "3"]
-    down = SourceStatus("libvirt", False, 3, 2, 0.1, TAKEN_AT - 20, f"domain '{raw}': refused")
+    down = SourceStatus(
+        "libvirt", False, 3, 0.1, TAKEN_AT - 20, f"domain '{raw}': refused", (("connect", 2),)
+    )
     others = tuple(s for s in snapshot.sources if s.name != "libvirt")
     return dataclasses.replace(snapshot, vms=vms, sources=(down, *others))
 

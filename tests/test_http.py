@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,45 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from hostcollector.app import COLLECTOR, build_app, wants_gzip, wants_openmetrics
 from hostcollector.collector import Collector
 from hostcollector.config import Config
-from hostcollector.errors import SourceError
-from hostcollector.model import LibvirtSample, VmFreshness
-from hostcollector.sources.libvirt_stats import parse_domain_stats
-from hostcollector.tenancy import compile_rules, parse_tenant
-from tests.conftest import load_raw
+from tests.replay import RecordedLibvirt
 from tests.snapshots import LAB_ATTRIBUTION
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 )
-
-
-class RecordedLibvirt:
-    """A Source that replays a lab recording through the real parsing code, counting polls."""
-
-    name = "libvirt"
-    interval_seconds = 3600.0
-
-    def __init__(self, fail: bool = False) -> None:
-        self.polls = 0
-        self.fail = fail
-        raw = load_raw()
-        rules = compile_rules(LAB_ATTRIBUTION)
-        self.sample = LibvirtSample(
-            tuple(parse_domain_stats(e["uuid"], e["name"], e["stats"]) for e in raw),
-            {e["uuid"]: parse_tenant(e["metadata"], rules) for e in raw},
-            {e["uuid"]: VmFreshness(time.time()) for e in raw},
-            time.time(),
-        )
-
-    async def poll(self) -> LibvirtSample:
-        self.polls += 1
-        if self.fail:
-            raise SourceError("connect", "cannot connect to qemu:///system")
-        return self.sample
-
-    async def close(self) -> None:
-        pass
 
 
 def with_client(

@@ -17,8 +17,8 @@ from hostcollector.collector import Collector
 from hostcollector.config import Config, LibvirtConfig, SourcesConfig, SriovConfig
 from hostcollector.wiring import build_collector
 from tests.labkit import defined_domain_xml, domxml, require_lab, virsh
+from tests.replay import RecordedLinks
 from tests.sriov_fixtures import HOSTDEV_VMS, SCENARIO, make_sysfs
-from tests.test_sriov import RecordedLinks
 
 pytestmark = [pytest.mark.lab]
 

@@ -184,7 +184,7 @@ def hosts(draw: st.DrawFn) -> Host:
         records[name] = tuple(made)
     snapshot = Snapshot(
         taken_at=1.0,
-        sources=(SourceStatus("libvirt", True, 1, 0, 0.1, 1.0, None),),
+        sources=(SourceStatus("libvirt", True, 1, 0.1, 1.0, None),),
         tenant_map=TenantMapStatus(configured=False),
         **records,
     )

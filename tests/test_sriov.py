@@ -4,7 +4,6 @@ a sysfs tree on disk (tests/sriov_fixtures.py)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import json
 import os
@@ -23,6 +22,7 @@ from hostcollector.sources.domain_xml import domain_devices
 from hostcollector.sources.rtnetlink import parse_link
 from hostcollector.sources.sriov import SriovSource, build_pf_sample
 from hostcollector.sources.sriov_sysfs import discover_pfs, read_vf_sysfs_stats
+from tests.replay import RecordedLinks
 from tests.snapshots import snapshot_from_raw
 from tests.sriov_fixtures import FIXTURE, SCENARIO, link_message, make_sysfs, recording, vf_counters
 
@@ -30,23 +30,6 @@ from tests.sriov_fixtures import FIXTURE, SCENARIO, link_message, make_sysfs, re
 @pytest.fixture
 def sysfs(tmp_path: Path) -> Path:
     return make_sysfs(tmp_path / "root")
-
-
-class RecordedLinks:
-    """NetlinkLinks replaced at the socket: answers with recorded RTM_NEWLINK bytes."""
-
-    def __init__(self, pfs: list[dict] | None = None) -> None:  # type: ignore[type-arg]
-        self.by_index = {
-            pf["ifindex"]: base64.b64decode(pf["rtm_newlink_base64"]) for pf in pfs or recording()
-        }
-        self.asked: list[int] = []
-
-    def fetch(self, ifindex: int) -> bytes | None:
-        self.asked.append(ifindex)
-        return self.by_index.get(ifindex)
-
-    def close(self) -> None:
-        pass
 
 
 def collect(

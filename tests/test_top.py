@@ -34,9 +34,9 @@ from hostcollector.top import rows as top_rows
 from hostcollector.top import screen as top_screen
 from tests.labkit import ACME, GLOBEX, LAB_VMS, free_port, require_lab, run_daemon, wait_until
 from tests.pki import make_ca, make_cert
+from tests.replay import RecordedLibvirt
 from tests.served import serve
 from tests.snapshots import LAB_ATTRIBUTION, TAKEN_AT, snapshot_from_raw
-from tests.test_http import RecordedLibvirt
 
 HOSTCOLLECTOR = str(Path(sys.executable).parent / "hostcollector")
 MiB = 1024 * 1024
@@ -125,7 +125,7 @@ def with_devices(base: Snapshot, vms: tuple[AttributedVM, ...], second: bool) ->
         UUIDS["hc-lab-c1"]: ("0000:c1:00.0",),
         UUIDS["hc-lab-orphan"]: ("0000:3b:02.1",),
     }
-    sriov = SourceStatus("sriov", True, 2 if second else 1, 0, 0.01,
+    sriov = SourceStatus("sriov", True, 2 if second else 1, 0.01,
                          VF_POLLED_AT + (VF_DT if second else 0), None)  # fmt: skip
     return dataclasses.replace(
         base,

@@ -8,11 +8,13 @@ busy (NOWAIT) or that is shut off comes back with fields missing, and missing st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from hostcollector.model import BlockStats, DomainStats, InterfaceStats, MemoryStats, VcpuStats
+
+DeviceT = TypeVar("DeviceT", BlockStats, InterfaceStats)
 
 NS_PER_SECOND = 1e9
 KIB = 1024
@@ -94,59 +96,59 @@ def _memory(raw: Mapping[str, Any]) -> MemoryStats:
     )
 
 
-def _blocks(raw: Mapping[str, Any]) -> tuple[BlockStats, ...]:
-    blocks = []
-    seen: set[str] = set()
-    for index in range(_int(raw, "block.count") or 0):
-        prefix = f"block.{index}."
+def _per_device(
+    raw: Mapping[str, Any], group: str, build: Callable[[str, str], DeviceT]
+) -> tuple[DeviceT, ...]:
+    """One record per named device of a stats group (`block.N.*`, `net.N.*`), built from the
+    device name and its key prefix. With backing chains (not requested) a block device repeats:
+    one series per device only."""
+    found: dict[str, DeviceT] = {}
+    for index in range(_int(raw, f"{group}.count") or 0):
+        prefix = f"{group}.{index}."
         device = _str(raw, prefix + "name")
-        # With backing chains (not requested) a device repeats; one series per device only.
-        if device is None or device in seen:
-            continue
-        seen.add(device)
-        blocks.append(
-            BlockStats(
-                device=device,
-                path=_str(raw, prefix + "path"),
-                read_requests=_int(raw, prefix + "rd.reqs"),
-                read_bytes=_int(raw, prefix + "rd.bytes"),
-                read_time_seconds=_seconds(raw, prefix + "rd.times"),
-                write_requests=_int(raw, prefix + "wr.reqs"),
-                write_bytes=_int(raw, prefix + "wr.bytes"),
-                write_time_seconds=_seconds(raw, prefix + "wr.times"),
-                flush_requests=_int(raw, prefix + "fl.reqs"),
-                flush_time_seconds=_seconds(raw, prefix + "fl.times"),
-                capacity_bytes=_int(raw, prefix + "capacity"),
-                allocation_bytes=_int(raw, prefix + "allocation"),
-                physical_bytes=_int(raw, prefix + "physical"),
-            )
-        )
-    return tuple(blocks)
+        if device is not None and device not in found:
+            found[device] = build(device, prefix)
+    return tuple(found.values())
+
+
+def _blocks(raw: Mapping[str, Any]) -> tuple[BlockStats, ...]:
+    return _per_device(
+        raw,
+        "block",
+        lambda device, prefix: BlockStats(
+            device=device,
+            path=_str(raw, prefix + "path"),
+            read_requests=_int(raw, prefix + "rd.reqs"),
+            read_bytes=_int(raw, prefix + "rd.bytes"),
+            read_time_seconds=_seconds(raw, prefix + "rd.times"),
+            write_requests=_int(raw, prefix + "wr.reqs"),
+            write_bytes=_int(raw, prefix + "wr.bytes"),
+            write_time_seconds=_seconds(raw, prefix + "wr.times"),
+            flush_requests=_int(raw, prefix + "fl.reqs"),
+            flush_time_seconds=_seconds(raw, prefix + "fl.times"),
+            capacity_bytes=_int(raw, prefix + "capacity"),
+            allocation_bytes=_int(raw, prefix + "allocation"),
+            physical_bytes=_int(raw, prefix + "physical"),
+        ),
+    )
 
 
 def _interfaces(raw: Mapping[str, Any]) -> tuple[InterfaceStats, ...]:
-    interfaces = []
-    seen: set[str] = set()
-    for index in range(_int(raw, "net.count") or 0):
-        prefix = f"net.{index}."
-        device = _str(raw, prefix + "name")
-        if device is None or device in seen:
-            continue
-        seen.add(device)
-        interfaces.append(
-            InterfaceStats(
-                device=device,
-                receive_bytes=_int(raw, prefix + "rx.bytes"),
-                receive_packets=_int(raw, prefix + "rx.pkts"),
-                receive_errors=_int(raw, prefix + "rx.errs"),
-                receive_drop=_int(raw, prefix + "rx.drop"),
-                transmit_bytes=_int(raw, prefix + "tx.bytes"),
-                transmit_packets=_int(raw, prefix + "tx.pkts"),
-                transmit_errors=_int(raw, prefix + "tx.errs"),
-                transmit_drop=_int(raw, prefix + "tx.drop"),
-            )
-        )
-    return tuple(interfaces)
+    return _per_device(
+        raw,
+        "net",
+        lambda device, prefix: InterfaceStats(
+            device=device,
+            receive_bytes=_int(raw, prefix + "rx.bytes"),
+            receive_packets=_int(raw, prefix + "rx.pkts"),
+            receive_errors=_int(raw, prefix + "rx.errs"),
+            receive_drop=_int(raw, prefix + "rx.drop"),
+            transmit_bytes=_int(raw, prefix + "tx.bytes"),
+            transmit_packets=_int(raw, prefix + "tx.pkts"),
+            transmit_errors=_int(raw, prefix + "tx.errs"),
+            transmit_drop=_int(raw, prefix + "tx.drop"),
+        ),
+    )
 
 
 # state.state values of an active domain: running, blocked, paused, pmsuspended

@@ -70,8 +70,8 @@ def one_size(count: int, cycles: int) -> dict[str, Any]:
     from tests.bench.scrape import parse_wrk, wrk_command
     from tests.labkit import free_port
     from tests.nvml_stub import stub
+    from tests.replay import RecordedLinks
     from tests.sriov_fixtures import PfSpec, link_message, make_sysfs
-    from tests.test_sriov import RecordedLinks
 
     baseline = rss_bytes()
     tmp = Path(tempfile.mkdtemp(prefix="hc-bench-"))
