@@ -36,8 +36,11 @@ class Gpus:
         self.scenario_path = scenario_path
         self.source = NvmlSource(
             NvmlConfig(
+                # A short interval keeps the re-init backoff short; polls run on demand. The
+                # deadline is generous (check-config would want it <= interval): 50 ms failed
+                # a CI run on a loaded 2-core machine.
                 interval_seconds=0.05,
-                timeout_seconds=0.05 * 100 / 100,
+                timeout_seconds=5.0,
                 library_path=str(library),
                 sysfs_root=str(sysfs_root),
             )

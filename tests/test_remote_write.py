@@ -400,16 +400,19 @@ def test_a_rotated_client_certificate_is_used_without_a_restart(
             writer = RemoteWriter(config, lambda: snapshot)
             try:
                 await deliver(writer, [1000])
+                client_tls = writer.senders[0]._tls
+                assert client_tls is not None
+                loads_before = client_tls._files.reloads_total
                 for suffix in ("pem", "key"):
                     (tmp_path / f"client.{suffix}").write_bytes(
                         (pki / f"two.{suffix}").read_bytes()
                     )
-                # The files are re-read in a thread of their own, off the event loop.
-                client_tls = writer.senders[0]._tls
-                assert client_tls is not None
-                before = client_tls.context()
+                # The files are re-read in a thread of their own, off the event loop. A check
+                # already running may load them before the next line: wait for a load after the
+                # write, not for the context to differ from one read now (CI hung on that).
                 deadline = time.monotonic() + 20
-                while client_tls.context() is before:
+                while client_tls._files.reloads_total <= loads_before:
+                    client_tls.context()  # a check of the files, in their thread
                     assert time.monotonic() < deadline, "the new client certificate was not loaded"
                     await asyncio.sleep(0.01)
                 await deliver(writer, [2000])
