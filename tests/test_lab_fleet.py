@@ -28,9 +28,9 @@ from typing import Any
 
 import pytest
 
-from hostcollector.collector import Collector
 from hostcollector.config import HOST_IDENTITY_LABELS, parse_config
 from hostcollector.remote_write.schedule import host_offset_ms, interval_ms
+from hostcollector.wiring import build_collector
 from tests.labkit import (
     ACME,
     GLOBEX,
@@ -174,7 +174,7 @@ def test_daemons_named_apart_tick_at_their_own_offsets(tmp_path: Path) -> None:
             f"  external_labels: {{instance: {instance}, region: lab}}\n"
             f"  endpoints: [{{name: sre, url: 'http://127.0.0.1:9/api/v1/write'}}]\n"
         )
-        writer = Collector(config, sources={}).remote_writer
+        writer = build_collector(config).remote_writer
         assert writer is not None
         assert writer.identity == instance
         offsets[instance] = writer.offset_ms
