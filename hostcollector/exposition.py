@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from hostcollector import metrics as m
+from hostcollector.family import Family, Number
 from hostcollector.kinds import Item, in_scope
 from hostcollector.label_text import label_text
 from hostcollector.metrics import (
@@ -21,8 +22,6 @@ from hostcollector.metrics import (
     KINDS,
     SELF_FAMILIES,
     SELF_FAMILIES_WITH_OWNER,
-    Family,
-    Number,
 )
 from hostcollector.model import Snapshot
 from hostcollector.selfmetrics import Sample

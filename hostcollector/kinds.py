@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from hostcollector.label_text import escape_label_value
 
 if TYPE_CHECKING:
-    from hostcollector.metrics import Family
+    from hostcollector.family import Family
     from hostcollector.model import Snapshot
 
 # Whose an entity is:

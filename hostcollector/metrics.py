@@ -6,10 +6,10 @@ its value from a record. The renderer (exposition.py), the README's metric table
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from hostcollector.attribution import attributed_vgpus
+from hostcollector.family import Family, MetricType, Number
 from hostcollector.kinds import EntityKind
 from hostcollector.label_text import escape_label_value, label_text
 from hostcollector.model import (
@@ -22,31 +22,13 @@ from hostcollector.model import (
 
 PREFIX = "hostcollector_"
 
-Kind = Literal["counter", "gauge", "info"]
-Number = int | float
 
-
-@dataclass(frozen=True)
-class Family:
-    """A metric family. Of an entity kind's families, `value` reads one sample from an item's
-    record (None: no sample), or `samples` several, each with the label text it adds (`,a="x"`):
-    an info family's descriptive labels, a GPU's ECC counters by type. A self-metric has
-    neither: its owner reports its samples (selfmetrics.py)."""
-
-    name: str  # as the samples are named: counters end in _total, info in _info
-    kind: Kind
-    help: str
-    labels: tuple[str, ...]
-    value: Callable[[Any], Number | None] | None = None
-    samples: Callable[[Any], Iterable[tuple[str, Number]]] | None = None
-
-
-def _vm(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+def _vm(name: str, kind: MetricType, help: str, value: Callable[[Any], Number | None]) -> Family:
     return Family(PREFIX + name, kind, help, ("vm_uuid", "tenant_id"), value)
 
 
 def _dev(
-    entity: str, name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]
+    entity: str, name: str, kind: MetricType, help: str, value: Callable[[Any], Number | None]
 ) -> Family:
     return Family(PREFIX + name, kind, help, ("vm_uuid", "tenant_id", entity), value)
 
@@ -384,12 +366,12 @@ INTERFACE_FAMILIES = (
 )
 
 
-def _vf(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+def _vf(name: str, kind: MetricType, help: str, value: Callable[[Any], Number | None]) -> Family:
     # The kind's record is the AttributedVF; `value` reads its VfStats (a call more per VF).
     return Family(PREFIX + name, kind, help, VF_LABELS, lambda a: value(a.vf))
 
 
-def _pf(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+def _pf(name: str, kind: MetricType, help: str, value: Callable[[Any], Number | None]) -> Family:
     return Family(PREFIX + name, kind, help, ("pf", "pci_address"), value)
 
 
@@ -533,12 +515,12 @@ GPU_LABELS = ("gpu_uuid", "pci_address", "vm_uuid", "tenant_id")
 VGPU_LABELS = ("gpu_uuid", "vgpu_uuid", "vm_uuid", "tenant_id")
 
 
-def _gpu(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+def _gpu(name: str, kind: MetricType, help: str, value: Callable[[Any], Number | None]) -> Family:
     # The kind's record is the AttributedGpu; `value` reads its GpuStats.
     return Family(PREFIX + name, kind, help, GPU_LABELS, lambda a: value(a.gpu))
 
 
-def _vgpu(name: str, kind: Kind, help: str, value: Callable[[Any], Number | None]) -> Family:
+def _vgpu(name: str, kind: MetricType, help: str, value: Callable[[Any], Number | None]) -> Family:
     # The kind's record is the AttributedVgpu; `value` reads its VgpuStats.
     return Family(PREFIX + name, kind, help, VGPU_LABELS, lambda a: value(a.vgpu))
 
@@ -954,7 +936,7 @@ BLOCK_INFO = Family(
 )
 
 
-def _self_family(name: str, kind: Kind, help: str, labels: tuple[str, ...] = ()) -> Family:
+def _self_family(name: str, kind: MetricType, help: str, labels: tuple[str, ...] = ()) -> Family:
     return Family(PREFIX + name, kind, help, labels)
 
 

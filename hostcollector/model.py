@@ -1,6 +1,7 @@
 """Records that flow from sources to renderers, in base units (seconds, bytes).
 
-Imports nothing from the package: sources build these, attribution joins them, renderers read them.
+Imports nothing from the package but family.py (the family a self-metric sample names): sources
+build these, attribution joins them, renderers read them.
 A field is None when the source did not report it (not supported, or not collected), which the
 renderers turn into an absent series, never a zero.
 """
@@ -8,10 +9,8 @@ renderers turn into an absent series, never a zero.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from hostcollector.metrics import Family, Number
+from hostcollector.family import Sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,16 +356,6 @@ class RemoteWriteStatus:
     # Entries of the queue directory found at start and not queued (corrupt, old_format,
     # not_a_file, foreign_name): files, not samples (a damaged header's count means nothing).
     queue_files_dropped_by_reason: tuple[tuple[str, int], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One self-metric sample, as its owner reports it (selfmetrics.py)."""
-
-    family: Family  # its declaration in metrics.py, never its name
-    labels: str  # label text, values escaped: 'source="libvirt"'; "" for none
-    # None: no value now (a gauge not measured yet); the family is still shown, as before.
-    value: Number | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
 from hostcollector import metrics as m
-from hostcollector.label_text import escape_label_value
-from hostcollector.metrics import Family
-from hostcollector.model import LibvirtHealth, RemoteWriteStatus, SourceStatus, TenantMapStatus
+from hostcollector.family import Family
 
 # A record like the others (the snapshot holds them); the owners' interface is here.
-from hostcollector.model import Sample as Sample
+from hostcollector.family import Sample as Sample
+from hostcollector.label_text import escape_label_value
+from hostcollector.model import LibvirtHealth, RemoteWriteStatus, SourceStatus, TenantMapStatus
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from hostcollector import metrics
 from hostcollector.app import build_app
 from hostcollector.collector import Collector
 from hostcollector.config import AuthConfig, Config, load_config
-from hostcollector.metrics import Family
+from hostcollector.family import Family
 from hostcollector.tenant_map import TenantMapFile
 from tests.replay import ReplayLibvirt, replay_sources
 

@@ -18,7 +18,8 @@ from hostcollector.auth import DeniedRequests
 from hostcollector.collector import Collector
 from hostcollector.config import AuthConfig, Config, ListenConfig, ServerTlsConfig
 from hostcollector.exposition import render
-from hostcollector.metrics import ALL_FAMILIES, PREFIX, SELF_FAMILIES, Family
+from hostcollector.family import Family
+from hostcollector.metrics import ALL_FAMILIES, PREFIX, SELF_FAMILIES
 from hostcollector.model import Snapshot
 from hostcollector.selfmetrics import Sample
 from hostcollector.server import ConnectionGuard
