@@ -71,11 +71,6 @@ class Exposition:
             plain = self._bodies[(flavour, False, None)] = render(snapshot, openmetrics=flavour)
             self._bodies[(flavour, True, None)] = gzip.compress(plain, compresslevel=1)
 
-    @property
-    def ready(self) -> frozenset[tuple[bool, bool]]:
-        """(openmetrics, gzipped) bodies of the host's view already rendered."""
-        return frozenset((om, gz) for om, gz, tenant in self._bodies if tenant is None)
-
     def body(self, *, openmetrics: bool, gzipped: bool, tenant: str | None = None) -> bytes:
         """The exposition; with `tenant`, only that tenant's series (exposition.render)."""
         self.openmetrics_wanted |= openmetrics
