@@ -19,15 +19,15 @@ from hostcollector.model import (
 
 def attribute_vms(
     domains: Iterable[DomainStats],
-    claims_by_source: Mapping[str, Mapping[str, TenantClaim | None]],
+    claims_by_origin: Mapping[str, Mapping[str, TenantClaim | None]],
     order: Sequence[str],
     info_labels: Sequence[str],
     freshness: Mapping[str, VmFreshness] | None = None,
     now: float | None = None,
 ) -> tuple[AttributedVM, ...]:
-    """Give every domain the tenant of the first source in `order` that claims it.
+    """Give every domain the tenant of the first origin in `order` that claims it.
 
-    `claims_by_source` maps a source of tenancy ("metadata", "mapping_file") to its claims by VM
+    `claims_by_origin` maps an origin of tenancy ("metadata", "mapping_file") to its claims by VM
     UUID. Only labels named in `info_labels` survive, and every VM gets all of them (empty when
     unknown) so hostcollector_vm_info has one label set. `freshness` (by UUID) adds each VM's
     sample time, its age at `now`, and its quarantine and job flags.
@@ -36,8 +36,8 @@ def attribute_vms(
     attributed = []
     for domain in domains:
         claim = None
-        for source in order:
-            claim = claims_by_source.get(source, {}).get(domain.uuid)
+        for origin in order:
+            claim = claims_by_origin.get(origin, {}).get(domain.uuid)
             if claim is not None:
                 break
         found = dict(claim.labels) if claim else {}
@@ -48,7 +48,7 @@ def attribute_vms(
             AttributedVM(
                 stats=domain,
                 tenant_id=claim.tenant_id if claim else "",
-                tenant_source=claim.source if claim else "",
+                tenant_source=claim.origin if claim else "",
                 info_labels=labels,
                 sampled_at=sampled_at,
                 sample_age_seconds=(

@@ -90,10 +90,11 @@ class DomainStats:
 
 @dataclass(frozen=True, slots=True)
 class TenantClaim:
-    """What one source of tenancy says about one VM."""
+    """What one origin of tenancy says about one VM. ("Origin", not "source": a source is a
+    data source, libvirt, sriov or nvml. The label it becomes keeps its name, tenant_source.)"""
 
     tenant_id: str
-    source: str  # "metadata:<rule name>" or "mapping_file"
+    origin: str  # "metadata:<rule name>" or "mapping_file"
     labels: tuple[tuple[str, str], ...] = ()
 
 
@@ -152,7 +153,9 @@ class VfStats:
     pf: str
     index: int
     pci_address: str | None  # from the PF's virtfnN link; None if sysfs did not say
-    stats_source: str  # "netlink", "sysfs" (netlink's list was truncated), "" (no counters)
+    # Where the counters came from: "netlink", "sysfs" (netlink's list was truncated), "" (none).
+    # An origin, not a data source; the name is the label's and the JSON API's.
+    stats_source: str
     mac: str | None = None
     vlan: int | None = None
     qos: int | None = None

@@ -26,7 +26,7 @@ def test_nova_1_1(lab_raw: list[dict[str, Any]]) -> None:
     claim = parse_tenant(by_name(lab_raw, "hc-lab-a1")["metadata"], RULES)
     assert claim is not None
     assert claim.tenant_id == ACME
-    assert claim.source == "metadata:nova-1.1"
+    assert claim.origin == "metadata:nova-1.1"
     assert dict(claim.labels) == {
         "project_name": "acme",
         "user_id": "9d8c7b6a5f4e4d3c8b2a1f0e9d8c7b6a",
@@ -38,7 +38,7 @@ def test_nova_1_1(lab_raw: list[dict[str, Any]]) -> None:
 def test_nova_1_0(lab_raw: list[dict[str, Any]]) -> None:
     claim = parse_tenant(by_name(lab_raw, "hc-lab-b1")["metadata"], RULES)
     assert claim is not None
-    assert (claim.tenant_id, claim.source) == (GLOBEX, "metadata:nova-1.0")
+    assert (claim.tenant_id, claim.origin) == (GLOBEX, "metadata:nova-1.0")
     assert dict(claim.labels)["flavor"] == "m1.tiny"
 
 
