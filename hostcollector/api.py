@@ -244,11 +244,18 @@ ENDPOINTS = {
 }
 
 
-def add_routes(app: web.Application) -> None:
+def api_app(served_files: ServedFiles) -> web.Application:
+    """The JSON API as an application of its own, mounted at PREFIX: its routes, its answer
+    cache, the HTTP side's files it reports, and JSON for every error under it (an unknown path
+    or method included: aiohttp resolves those in this app). The host app's authentication
+    runs first and puts the scope and the snapshot on the request."""
+    app = web.Application(middlewares=[json_errors])
     app[ANSWERS] = AnswerCache()
-    app.router.add_get(PREFIX, index)
+    app[SERVED_FILES] = served_files
+    app.router.add_get("", index)
     for path, handler in ENDPOINTS.items():
-        app.router.add_get(f"{PREFIX}/{path}", handler)
+        app.router.add_get(f"/{path}", handler)
+    return app
 
 
 @web.middleware

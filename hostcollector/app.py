@@ -133,6 +133,7 @@ def build_app(
 ) -> web.Application:
     """The app around `collector`; the HTTP side's parts that report self-metrics (its
     certificate, tokens file, refusals, connection guard) are registered with it here."""
+    # json_errors here too: /api paths outside the API's app (/api, /api/v2) answer JSON as well.
     app = web.Application(middlewares=[api.json_errors, authenticate])
     app[COLLECTOR] = collector or build_collector(config)
     collector = app[COLLECTOR]
@@ -147,7 +148,7 @@ def build_app(
         watched.append(WatchedFile("tokens", tokens))
     for watched_file in watched:
         collector.register(watched_file)
-    app[api.SERVED_FILES] = api.ServedFiles(tuple(watched), server_tls)
+    served_files = api.ServedFiles(tuple(watched), server_tls)
     app[DENIED] = DeniedRequests()
     collector.register(app[DENIED])
     if guard is not None:
@@ -163,5 +164,5 @@ def build_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/-/healthy", healthz)
-    api.add_routes(app)
+    app.add_subapp(api.PREFIX, api.api_app(served_files))
     return app
