@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both set up what they need.
-.PHONY: bootstrap lab lab-down run test lint unit dump readme-table bench bench-synthetic bench-scale bench-hung bench-lab bench-access bench-jitter test-deploy
+.PHONY: bootstrap lab lab-down run test lint unit dump readme-table bench bench-synthetic bench-scale bench-hung bench-lab bench-access bench-jitter bench-compare test-deploy
 SHELL := /bin/bash
 VENV := .venv/bin
 
@@ -75,6 +75,13 @@ bench-access: bootstrap
 # without per-host tick offsets and full-jitter backoff (no lab needed).
 bench-jitter: bootstrap
 	$(VENV)/python tests/bench/fleet_jitter.py
+
+# bench-synthetic of two checkouts taking turns in one run:
+#   git worktree add /tmp/before <commit> && make bench-compare BEFORE=/tmp/before
+bench-compare: bootstrap
+	@test -n "$(BEFORE)" || { echo "make bench-compare BEFORE=<a checkout of the commit before>" >&2; exit 2; }
+	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null
+	$(VENV)/python tests/bench/compare.py $(BEFORE) .
 
 # What the collector costs per poll and per scrape on the lab.
 bench-lab: bootstrap
