@@ -27,6 +27,8 @@ from hostcollector import __version__
 from hostcollector.attribution import attribute_gpus, attribute_vfs, attribute_vms
 from hostcollector.config import Config
 from hostcollector.exposition import render
+from hostcollector.kinds import in_scope
+from hostcollector.metrics import KINDS
 from hostcollector.model import (
     DomainStats,
     LibvirtHealth,
@@ -67,8 +69,12 @@ class Exposition:
         # instead of the first scrape of each snapshot on the loop.
         self.openmetrics_wanted = openmetrics
         self._bodies: dict[tuple[bool, bool, str | None], bytes] = {}
+        # The host's view, its label text made once for every format rendered of it.
+        self._view = list(in_scope(KINDS, snapshot, None))
         for flavour in (False, True) if openmetrics else (False,):
-            plain = self._bodies[(flavour, False, None)] = render(snapshot, openmetrics=flavour)
+            plain = self._bodies[(flavour, False, None)] = render(
+                snapshot, openmetrics=flavour, view=self._view
+            )
             self._bodies[(flavour, True, None)] = gzip.compress(plain, compresslevel=1)
 
     def body(self, *, openmetrics: bool, gzipped: bool, tenant: str | None = None) -> bytes:
@@ -79,7 +85,10 @@ class Exposition:
             plain = self._bodies.get((openmetrics, False, tenant))
             if plain is None:
                 plain = self._bodies[(openmetrics, False, tenant)] = render(
-                    self.snapshot, openmetrics=openmetrics, tenant=tenant
+                    self.snapshot,
+                    openmetrics=openmetrics,
+                    tenant=tenant,
+                    view=self._view if tenant is None else None,
                 )
             if gzipped:
                 self._bodies[key] = gzip.compress(plain, compresslevel=1)

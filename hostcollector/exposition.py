@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from hostcollector import metrics as m
 from hostcollector.family import Family, Number
-from hostcollector.kinds import Item, in_scope
+from hostcollector.kinds import Item, View, in_scope
 from hostcollector.label_text import label_text
 from hostcollector.metrics import (
     ALL_FAMILIES,
@@ -110,11 +109,10 @@ class _Writer:
         self.series += len(lines)
 
 
-class Series(NamedTuple):
-    name: str
-    labels: str
-    value: Number
-    tenant: str  # its owner (the kind's declaration): where a tenant endpoint sends it; "" never
+# (name, label text, value, owner): the owner is the kind's declaration of whose the series is,
+# where a tenant endpoint sends it ("" never). A plain tuple: a NamedTuple's constructor made
+# series() three times slower at 5,000 VMs (64 -> 192 ms).
+Series = tuple[str, str, Number, str]
 
 
 class _SeriesWriter(_Writer):
@@ -128,35 +126,42 @@ class _SeriesWriter(_Writer):
         pass
 
     def sample(self, name: str, labels: str, value: Number) -> None:
-        self.items.append(Series(name, labels, value, ""))
+        self.items.append((name, labels, value, ""))
 
     def family(self, family: Family, items: list[Item]) -> None:
         name = family.name
         if family.value is not None:
             value_of = family.value
             self.items += [
-                Series(name, labels, value, tenant)
+                (name, labels, value, tenant)
                 for labels, tenant, record in items
                 if (value := value_of(record)) is not None
             ]
         elif family.samples is not None:
             samples_of = family.samples
             self.items += [
-                Series(name, labels + extra, value, tenant)
+                (name, labels + extra, value, tenant)
                 for labels, tenant, record in items
                 for extra, value in samples_of(record)
             ]
 
     def pairs(self, family: Family, samples: Iterator[tuple[str, Number | None]]) -> None:
         name = family.name
-        self.items += [Series(name, lab, value, "") for lab, value in samples if value is not None]
+        self.items += [(name, lab, value, "") for lab, value in samples if value is not None]
 
 
-def render(snapshot: Snapshot, *, openmetrics: bool = False, tenant: str | None = None) -> bytes:
+def render(
+    snapshot: Snapshot,
+    *,
+    openmetrics: bool = False,
+    tenant: str | None = None,
+    view: View | None = None,
+) -> bytes:
     """The exposition; with `tenant`, only that tenant's series (its VMs, their VFs, GPUs
-    passed through to them and their vGPUs) and nothing about the host or other tenants."""
+    passed through to them and their vGPUs) and nothing about the host or other tenants.
+    `view`: the kinds' items in that scope, if already built (kinds.View)."""
     w = _Writer(openmetrics)
-    _emit(w, snapshot, tenant)
+    _emit(w, snapshot, tenant, view)
     if openmetrics:
         w.lines.append("# EOF")
     w.lines.append("")
@@ -166,12 +171,12 @@ def render(snapshot: Snapshot, *, openmetrics: bool = False, tenant: str | None 
 def series(snapshot: Snapshot) -> list[Series]:
     """Every series of the exposition, in exposition order, with its owner."""
     w = _SeriesWriter()
-    _emit(w, snapshot, None)
+    _emit(w, snapshot, None, None)
     return w.items
 
 
-def _emit(w: _Writer, snapshot: Snapshot, tenant: str | None) -> None:
-    for kind, items in in_scope(KINDS, snapshot, tenant):
+def _emit(w: _Writer, snapshot: Snapshot, tenant: str | None, view: View | None) -> None:
+    for kind, items in view if view is not None else in_scope(KINDS, snapshot, tenant):
         for family in kind.families:
             w.family(family, items)
     if tenant is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from hostcollector.label_text import escape_label_value
@@ -36,6 +37,7 @@ class Item(NamedTuple):
     record: Any  # what the kind's families read
 
 
+_new_item: Callable[[type[Item], tuple[str, str, Any]], Item] = tuple.__new__
 Label = tuple[str, Callable[[Any], str]]  # a label's name, and how to read its value
 
 
@@ -63,8 +65,23 @@ class EntityKind:
         return own if self.parent is None else self.parent.label_names + own
 
     def item(self, record: Any, tenant: str, parent_labels: str = "") -> Item:
-        text = ",".join(f'{name}="{escape_label_value(get(record))}"' for name, get in self.labels)
-        return Item(f"{parent_labels},{text}" if parent_labels else text, tenant, record)
+        # ~1 us per item and made for every entity of every snapshot: hence the plain loop, the
+        # escape only where needed, and the tuple built in C (a NamedTuple's Python __new__
+        # alone cost ~10 ms per 25,000 items).
+        parts = []
+        for opening, get in self._openings:
+            value = get(record)
+            if "\\" in value or '"' in value or "\n" in value:
+                value = escape_label_value(value)
+            parts.append(opening + value + '"')
+        text = ",".join(parts)
+        return _new_item(
+            Item, (f"{parent_labels},{text}" if parent_labels else text, tenant, record)
+        )
+
+    @cached_property
+    def _openings(self) -> tuple[tuple[str, Callable[[Any], str]], ...]:
+        return tuple((f'{name}="', get) for name, get in self.labels)
 
 
 def records_of(kind: EntityKind, snapshot: Snapshot) -> Iterable[Any]:
@@ -75,6 +92,11 @@ def records_of(kind: EntityKind, snapshot: Snapshot) -> Iterable[Any]:
         records: Iterable[Any] = getattr(snapshot, kind.snapshot_field)
         return records
     raise TypeError(f"kind {kind.name}: neither a snapshot_field nor records")
+
+
+# Each kind with its items in one scope: what a render reads. Built once per snapshot and scope
+# and shared by its renders (text, OpenMetrics), so label text is made once per item.
+View = list[tuple["EntityKind", list[Item]]]
 
 
 def visible(owner: str, scope: str | None) -> bool:

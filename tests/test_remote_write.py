@@ -207,7 +207,9 @@ def test_all_series_and_per_tenant_routing_into_real_receivers(
         assert got and {dict(k).get("tenant_id") for k in got} == {tenant}
         # both endpoints (header and path) wrote the same samples: each twice (VM keeps both)
         assert all(len(points) == 6 for points in got.values())
-        expected = sum(1 for s in series(snapshot) if f'tenant_id="{tenant}"' in s.labels)
+        expected = sum(
+            1 for _, labels, _, _ in series(snapshot) if f'tenant_id="{tenant}"' in labels
+        )
         assert len(got) == expected
     assert gateway.unknown_tenants == []
     for status in writer.status():

@@ -82,7 +82,7 @@ def test_series_labels_cover_every_label_the_exposition_emits() -> None:
     """SERIES_LABELS is derived from metrics.py: a label a new family adds is covered. This
     checks the derivation against what the exposition really writes."""
     snapshot = snapshot_from_raw()
-    emitted = {name for s in series(snapshot) for name, _ in parse_labels(s.labels)}
+    emitted = {name for _, text, _, _ in series(snapshot) for name, _ in parse_labels(text)}
     assert emitted - SERIES_LABELS <= set(LAB_ATTRIBUTION.info_labels)
     assert {"vm_uuid", "tenant_id", "source", "endpoint", "reason"} <= SERIES_LABELS
 
@@ -292,7 +292,7 @@ def test_three_hosts_write_into_one_store_without_colliding(
         assert not any(set(dict(key)) & HOST_IDENTITY_LABELS for key in got)
         # unique by vm_uuid across hosts: every host's series of the tenant, each tick once
         expected = sum(
-            1 for s in snapshots for one in series(s) if f'tenant_id="{tenant}"' in one.labels
+            1 for s in snapshots for _, t, _, _ in series(s) if f'tenant_id="{tenant}"' in t
         )
         assert len(got) == expected
         assert all(len(points) == TICKS for points in got.values())
