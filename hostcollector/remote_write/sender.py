@@ -32,6 +32,9 @@ from hostcollector.remote_write.schedule import retry_delay
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_RETRY_AFTER_SECONDS = 300.0
+# A tenant not yet in the tenant_ids_file: how often its lane looks again (the file is stat'ed
+# at most every second).
+UNMAPPED_RECHECK_SECONDS = 1.0
 # On shutdown, how long requests in flight may take to finish (systemd waits 90 s by default).
 CLOSE_GRACE_SECONDS = 5.0
 # How often the endpoint's TLS files are checked for a change, at most.
@@ -173,9 +176,15 @@ class EndpointSender:
                 self._refuse(tenant, str(exc))
                 self.queue.drop(batch, "invalid_tenant")
                 continue
+            except Unmapped as exc:
+                self.failed(str(exc))
+                # Waiting for the control plane, not for the store: look again as soon as the
+                # tenant_ids_file may have changed, not after a backoff that grew meanwhile.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), UNMAPPED_RECHECK_SECONDS)
+                continue
             except Retry as exc:
-                if not isinstance(exc, Unmapped):
-                    self.failed_total += batch.samples
+                self.failed_total += batch.samples
                 self.failed(str(exc))
                 failures += 1
                 delay = retry_delay(failures, exc.retry_after, self._jitter)
