@@ -72,13 +72,15 @@ class _Writer:
         self.series += 1
 
     def family(self, family: Family, items: list[Item]) -> None:
-        # The hot loop (~1 us per series): one f-string per sample, ints formatted inline.
+        # The hot loop (~1 us per series): one f-string per sample, ints and finite floats
+        # formatted inline (format_value's call alone was ~8% of a render at 5,000 VMs).
         self.header(family)
         name = family.name
         if family.value is not None:
             value_of = family.value
+            isfinite = math.isfinite
             lines = [
-                f"{name}{{{labels}}} {value if value.__class__ is int else format_value(value)}"
+                f"{name}{{{labels}}} {value if value.__class__ is int else repr(value) if isfinite(value) else format_value(value)}"
                 for labels, _, record in items
                 if (value := value_of(record)) is not None
             ]

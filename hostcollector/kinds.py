@@ -74,7 +74,7 @@ class EntityKind:
             if "\\" in value or '"' in value or "\n" in value:
                 value = escape_label_value(value)
             parts.append(opening + value + '"')
-        text = ",".join(parts)
+        text = parts[0] if len(parts) == 1 else ",".join(parts)
         return _new_item(
             Item, (f"{parent_labels},{text}" if parent_labels else text, tenant, record)
         )
@@ -137,6 +137,9 @@ def _scoped(
             for parent in _scoped(kind.parent, snapshot, scope, built)
             for child in children(parent.record)
         ]
+    elif kind.tenant_of is not None and scope is None:  # the host's view: all of them
+        tenant_of = kind.tenant_of
+        found = [kind.item(record, tenant_of(record)) for record in records_of(kind, snapshot)]
     elif kind.tenant_of is not None:
         tenant_of = kind.tenant_of
         found = [
