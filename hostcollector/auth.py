@@ -22,6 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from hostcollector import metrics
 from hostcollector.reloading import ReloadingFiles, read_bytes
@@ -43,15 +44,10 @@ ALL = Scope("(no authentication)", None)
 def parse_tokens(data: bytes) -> dict[str, Scope]:
     """sha256 hex -> scope; raise ValueError naming every bad entry (and nothing else, whatever
     the bytes: a reload must reject a bad file, never fail the request that noticed it)."""
-    document = load_yaml(data)
-    if not isinstance(document, dict) or not isinstance(document.get("tokens"), list):
-        raise ValueError("expected a mapping with a list under 'tokens'")
-    if set(document) != {"tokens"}:
-        raise ValueError(f"unknown top-level keys {_quoted_keys(set(document) - {'tokens'})}")
     scopes: dict[str, Scope] = {}
     names: set[str] = set()
     problems = []
-    for i, entry in enumerate(document["tokens"]):
+    for i, entry in enumerate(token_entries(data)):
         where = f"tokens[{i}]"
         if not isinstance(entry, dict):
             problems.append(f"{where}: expected a mapping")
@@ -83,6 +79,18 @@ def parse_tokens(data: bytes) -> dict[str, Scope]:
         shown = "; ".join(problems[:20])
         raise ValueError(shown + (f" ... ({len(problems)} problems)" if len(problems) > 20 else ""))
     return scopes
+
+
+def token_entries(data: bytes) -> list[Any]:
+    """The entries of a file shaped `tokens: [...]` (this one, and vmauth.py's tenant keys);
+    ValueError if it is not that shape."""
+    document = load_yaml(data)
+    if not isinstance(document, dict) or not isinstance(document.get("tokens"), list):
+        raise ValueError("expected a mapping with a list under 'tokens'")
+    if set(document) != {"tokens"}:
+        raise ValueError(f"unknown top-level keys {_quoted_keys(set(document) - {'tokens'})}")
+    entries: list[Any] = document["tokens"]
+    return entries
 
 
 def _quoted_keys(keys: set[object]) -> str:

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import yaml
 
-from hostcollector.auth import SHA256_HEX
+from hostcollector.auth import SHA256_HEX, token_entries
 from hostcollector.remote_write.routing import Route, tenant_id_problem
-from hostcollector.yaml_input import load_yaml, quote
+from hostcollector.yaml_input import quote
 
 # The Prometheus query API Grafana and PromQL clients use, as vmauth `src_paths` (regular
 # expressions that must match the whole path).
@@ -66,17 +66,12 @@ class TenantKey:
 
 def parse_tenant_tokens(data: bytes) -> list[TenantKey]:
     """The keys of a tenant-token file; ValueError naming every bad entry."""
-    document = load_yaml(data)
-    if not isinstance(document, dict) or not isinstance(document.get("tokens"), list):
-        raise ValueError("expected a mapping with a list under 'tokens'")
-    if set(document) != {"tokens"}:
-        extra = sorted(quote(key) for key in set(document) - {"tokens"})
-        raise ValueError(f"unknown top-level keys [{', '.join(extra[:10])}]")
+    entries = token_entries(data)
     keys: list[TenantKey] = []
     names: set[str] = set()
     digests: set[str] = set()
     problems = []
-    for i, entry in enumerate(document["tokens"]):
+    for i, entry in enumerate(entries):
         where = f"tokens[{i}]"
         if not isinstance(entry, dict):
             problems.append(f"{where}: expected a mapping")

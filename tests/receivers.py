@@ -74,7 +74,14 @@ def free_port() -> int:
 
 def http_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
     """POST `body`; the status and the response text, also for an HTTP error status."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    return http_request(url, "POST", body, headers)
+
+
+def http_request(
+    url: str, method: str, body: bytes | None, headers: dict[str, str]
+) -> tuple[int, str]:
+    """The status and the response text of one request, also for an HTTP error status."""
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
             return response.status, response.read().decode(errors="replace")
@@ -534,15 +541,7 @@ class VmAuth(Receiver):
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        request = urllib.request.Request(
-            self.url + path + query, data=body, headers=sent, method=method
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-                return response.status, response.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.read().decode(errors="replace")
+        return http_request(self.url + path + query, method, body, sent)
 
     def read(self, token: str, path: str, params: list[tuple[str, str]], **kwargs: Any) -> Any:
         """GET /api/v1/`path` as the tenant whose key `token` is; its `data` (ReceiverError

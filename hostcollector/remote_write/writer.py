@@ -211,9 +211,12 @@ class RemoteWriter:
         of every VM handed over (their series end without staleness markers)."""
         if self._handover is None:
             return snapshot, ()
-        here = tuple(vm for vm in snapshot.vms if self._handover.writes_here(vm))
-        away = {vm.stats.uuid for vm in snapshot.vms} - {vm.stats.uuid for vm in here}
+        writes_here = self._handover.writes_here
+        away = {vm.stats.uuid for vm in snapshot.vms if not writes_here(vm)}
         away |= self._handover.left()
+        if not away:  # no migration under way: every tick but a few
+            return snapshot, ()
+        here = tuple(vm for vm in snapshot.vms if vm.stats.uuid not in away)
         if len(here) < len(snapshot.vms):
             snapshot = dataclasses.replace(snapshot, vms=here)
         return snapshot, tuple(f'vm_uuid="{uuid}"' for uuid in sorted(away))
