@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from hostcollector.auth import SHA256_HEX, token_entries
+from hostcollector.reloading import read_bytes
 from hostcollector.remote_write.routing import Route, tenant_id_problem
 from hostcollector.yaml_input import quote
 
@@ -172,7 +173,8 @@ def read_keys(keys: list[TenantKey], secrets_dir: Path) -> dict[str, str]:
     for key in keys:
         path = secrets_dir / key.name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            # Not following a link, and not waiting on a FIFO put in a key's place.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             problems.append(f"{key.name}: cannot read {path}: {exc.strerror}")
             continue
@@ -226,7 +228,7 @@ def render_config(
 def generate(
     tenant_tokens: Path, secrets_dir: Path, template: str | None, explicit: Mapping[str, str]
 ) -> str:
-    keys = parse_tenant_tokens(tenant_tokens.read_bytes())
+    keys = parse_tenant_tokens(read_bytes(str(tenant_tokens)))  # bounded, a regular file only
     urls = space_urls({key.tenant for key in keys}, template, explicit)
     return render_config(keys, read_keys(keys, secrets_dir), urls)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from hostcollector import vmauth
 from hostcollector.cli import main
 from hostcollector.config import HOST_IDENTITY_LABELS, RemoteWriteConfig, RemoteWriteEndpointConfig
 from hostcollector.metrics import ALL_FAMILIES
@@ -483,3 +484,18 @@ def test_the_readme_shows_exactly_the_queries_tested_here() -> None:
     # The network row names `transmit` in words; its query is tested too.
     tested = set(README_QUERIES) - {q for q in README_QUERIES if "transmit" in q}
     assert shown == tested
+
+
+def test_a_fifo_in_a_keys_place_or_as_the_inventory_is_refused_without_blocking(
+    tmp_path: Path,
+) -> None:
+    tokens = tmp_path / "tenant-tokens.yml"
+    os.mkfifo(tokens)
+    with pytest.raises(ValueError, match="not a regular file"):
+        vmauth.generate(tokens, tmp_path, "http://vm:8481/select/{tenant}/prometheus", {})
+    secrets = tmp_path / "keys"
+    secrets.mkdir(mode=0o700)
+    os.mkfifo(secrets / "acme-grafana", 0o600)
+    key = vmauth.TenantKey("acme-grafana", ACME, "0" * 64)
+    with pytest.raises(ValueError, match="not a regular file"):
+        vmauth.read_keys([key], secrets)
