@@ -43,6 +43,18 @@ test: bootstrap lint
 dump: bootstrap
 	$(VENV)/hostcollector dump --config conf/lab.yml
 
+# The role's pinned runtime dependency set, from the development venv (after a change to
+# pyproject.toml's dependencies and `make bootstrap`).
+.PHONY: lock wheelhouse
+lock: bootstrap
+	$(VENV)/python ansible/lock.py >ansible/roles/hostcollector/files/requirements.lock.new
+	mv ansible/roles/hostcollector/files/requirements.lock.new ansible/roles/hostcollector/files/requirements.lock
+
+# A release for hostcollector_wheelhouse: this checkout's wheel and every pinned dependency as
+# binary wheels, for the offline install on the hypervisors (ansible/build-wheelhouse).
+wheelhouse: bootstrap
+	PYTHON=$(VENV)/python ansible/build-wheelhouse dist/wheelhouse
+
 # Regenerate the README's metric table from hostcollector/exposition.py.
 readme-table: bootstrap
 	@$(VENV)/python -c 'import re, pathlib; from hostcollector.exposition import metrics_table; \

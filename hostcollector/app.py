@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 COLLECTOR = web.AppKey("collector", Collector)
 TOKENS = web.AppKey("tokens", TokenFile)
 DENIED = web.AppKey("denied", DeniedRequests)
-# Liveness needs no token: it tells nothing about VMs or tenants.
-OPEN_PATHS = frozenset({"/healthz", "/-/healthy"})
+# Liveness and readiness need no token: they tell nothing about VMs or tenants.
+OPEN_PATHS = frozenset({"/healthz", "/-/healthy", "/-/ready"})
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="hostcollector"'}
 
 
@@ -56,6 +56,17 @@ async def metrics(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     # Liveness of the daemon itself; a source being down is reported in /metrics, not here.
     return web.Response(text="ok\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    # Ready once /metrics serves an answer of every enabled source (a failure counts: a broken
+    # backend degrades its source, not the daemon); source names only, no VM or tenant.
+    waiting = request.app[COLLECTOR].unanswered_sources()
+    if waiting:
+        return web.Response(
+            status=503, text=f"not ready: no answer yet from {', '.join(waiting)}\n"
+        )
+    return web.Response(text="ready\n")
 
 
 async def landing(request: web.Request) -> web.Response:
@@ -164,5 +175,6 @@ def build_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/-/healthy", healthz)
+    app.router.add_get("/-/ready", ready)
     app.add_subapp(api.PREFIX, api.api_app(served_files))
     return app

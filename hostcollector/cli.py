@@ -219,21 +219,21 @@ def _file_warnings(config: Config) -> list[str]:
 
 
 def _setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.logging.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from hostcollector.logs import setup_logging
+
+    setup_logging(config.logging.level, config.logging.format)
 
 
 def _run(config: Config) -> int:
     from hostcollector.app import build_app, tune_gc
+    from hostcollector.sd_notify import Notifier
     from hostcollector.server import (
         ConnectionGuard,
         ListenError,
         connection_limit,
         serve_until_stopped,
     )
+    from hostcollector.supervision import Supervision
     from hostcollector.wiring import build_collector
 
     _setup_logging(config)
@@ -252,6 +252,9 @@ def _run(config: Config) -> int:
         ssl_context = server_tls.context
     guard = ConnectionGuard(connection_limit(config.listen.max_connections))
     app = build_app(config, collector, server_tls=server_tls, guard=guard)
+    # After build_app's polling context: started after the polls, stopped before them.
+    supervision = Supervision(collector, Notifier())
+    app.cleanup_ctx.append(supervision.context)
     tune_gc()
 
     def started(url: str) -> None:
@@ -262,6 +265,7 @@ def _run(config: Config) -> int:
             ", ".join(collector.sources) or "none",
             "required" if config.auth.tokens_file else "off",
         )
+        supervision.listening(url)
 
     try:
         asyncio.run(

@@ -284,6 +284,20 @@ class Collector:
         await asyncio.gather(*(poller.poll_once() for poller in self.pollers.values()))
         self.refresh()
 
+    def unanswered_sources(self) -> tuple[str, ...]:
+        """The enabled sources the snapshot served now holds no answer of: no poll of theirs
+        has ended yet. A failed poll is an answer (its source is served down), so a broken
+        backend degrades its source and never keeps the daemon unready. Read from the
+        published snapshot, not the pollers, so that once this is empty a scrape shows every
+        source's first answer."""
+        return tuple(s.name for s in self.exposition.snapshot.sources if s.polls_total == 0)
+
+    def scheduling_alive(self) -> bool:
+        """Whether every poll task started is still running. A poller's loop survives any
+        failure of its source; a task that ended anyway is a bug, and the daemon would serve
+        ever older values while answering scrapes."""
+        return not any(task.done() for task in self._tasks)
+
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(poller.run(), name=f"poll-{name}")

@@ -408,6 +408,9 @@ class RemoteWriteConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # Line format (logs.py): auto (journal under systemd, else text), text, journal, logfmt,
+    # json.
+    format: Literal["auto", "text", "journal", "logfmt", "json"] = "auto"
 
 
 @dataclass(frozen=True)

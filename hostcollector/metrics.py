@@ -1136,6 +1136,33 @@ SNAPSHOT_TIMESTAMP_SECONDS = _self_family(
 EXPOSITION_SERIES = _self_family(
     "exposition_series", "gauge", "Series in this exposition, this one included."
 )
+# The process's own, named and described as Prometheus' client libraries name them
+# (client_python's ProcessCollector; process_threads is the Rust `prometheus` crate's, since
+# client_python and client_golang have none), so that dashboards and alerts made for any
+# exporter work here too: hence no hostcollector_ prefix.
+PROCESS_CPU_SECONDS_TOTAL = Family(
+    "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", ()
+)
+PROCESS_RESIDENT_MEMORY_BYTES = Family(
+    "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", ()
+)
+PROCESS_VIRTUAL_MEMORY_BYTES = Family(
+    "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", ()
+)
+PROCESS_OPEN_FDS = Family("process_open_fds", "gauge", "Number of open file descriptors.", ())
+PROCESS_MAX_FDS = Family("process_max_fds", "gauge", "Maximum number of open file descriptors.", ())
+PROCESS_START_TIME_SECONDS = Family(
+    "process_start_time_seconds",
+    "gauge",
+    "Start time of the process since unix epoch in seconds.",
+    (),
+)
+PROCESS_THREADS = Family("process_threads", "gauge", "Number of OS threads in the process.", ())
+MEMORY_LIMIT_BYTES = _self_family(
+    "memory_limit_bytes",
+    "gauge",
+    "Memory limit of the cgroup hostcollector runs in (the unit's MemoryMax=; cgroup v1's memory.limit_in_bytes); absent when unlimited. Compare process_resident_memory_bytes with it.",
+)
 
 # In exposition order (the README's table follows it too).
 SELF_FAMILIES = (
@@ -1179,6 +1206,14 @@ SELF_FAMILIES = (
     REMOTE_WRITE_LAST_SUCCESS_TIMESTAMP_SECONDS,
     REMOTE_WRITE_SAMPLES_DROPPED_TOTAL,
     REMOTE_WRITE_QUEUE_FILES_DROPPED_TOTAL,
+    PROCESS_CPU_SECONDS_TOTAL,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_VIRTUAL_MEMORY_BYTES,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    PROCESS_START_TIME_SECONDS,
+    PROCESS_THREADS,
+    MEMORY_LIMIT_BYTES,
     SNAPSHOT_TIMESTAMP_SECONDS,
     EXPOSITION_SERIES,
 )
@@ -1200,6 +1235,18 @@ SELF_FAMILIES_WITH_OWNER = (
         TENANT_MAP_RELOADS_TOTAL,
         TENANT_MAP_ERRORS_TOTAL,
         TENANT_MAP_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+    ),
+    # The daemon's process, reported by the owner `hostcollector run` registers (wiring.py):
+    # not by a collector built in a test, whose expositions stay the same from run to run.
+    (
+        PROCESS_CPU_SECONDS_TOTAL,
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        PROCESS_VIRTUAL_MEMORY_BYTES,
+        PROCESS_OPEN_FDS,
+        PROCESS_MAX_FDS,
+        PROCESS_START_TIME_SECONDS,
+        PROCESS_THREADS,
+        MEMORY_LIMIT_BYTES,
     ),
 )
 

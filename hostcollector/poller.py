@@ -58,6 +58,7 @@ class Poller(Generic[T]):
                     self.name,
                     self._interval,
                     missed,
+                    extra={"source": self.name},
                 )
                 next_tick += missed * self._interval
             await asyncio.sleep(next_tick - now)
@@ -71,11 +72,13 @@ class Poller(Generic[T]):
         except SourceError as exc:
             self._failed(exc.reason, str(exc))
         except Exception as exc:  # a bug in one source must not stop the daemon
-            log.exception("%s: unexpected error while polling", self.name)
+            log.exception(
+                "%s: unexpected error while polling", self.name, extra={"source": self.name}
+            )
             self._failed("internal", f"{type(exc).__name__}: {exc}")
         else:
             if self._up is False:
-                log.info("%s: source is up again", self.name)
+                log.info("%s: source is up again", self.name, extra={"source": self.name})
             self._up = True
             self._last_error = None
             self._last_reason = None
@@ -91,7 +94,7 @@ class Poller(Generic[T]):
         # One line when the source goes down, and one when the kind of failure changes; not one
         # per poll, and not for a message that only differs in its details (a backoff countdown).
         if self._up is not False or reason != self._last_reason:
-            log.warning("%s: source is down: %s", self.name, message)
+            log.warning("%s: source is down: %s", self.name, message, extra={"source": self.name})
         self._up = False
         self._last_error = message
         self._last_reason = reason

@@ -6,6 +6,7 @@ from __future__ import annotations
 from hostcollector.collector import Collector
 from hostcollector.config import Config
 from hostcollector.handover import Handover
+from hostcollector.process_metrics import ProcessMetrics
 from hostcollector.remote_write.writer import RemoteWriter
 from hostcollector.sources import BuildContext, build_sources
 from hostcollector.tenancy import compile_rules
@@ -34,6 +35,8 @@ def build_collector(config: Config, *, record_raw: bool = False) -> Collector:
         tenant_map=TenantMapFile(config.attribution.mapping_file),
         remote_writer=remote_writer,
         libvirt_health=built.libvirt_health,
-        self_metrics=built.self_metrics,
+        # The process's own metrics, for the daemon only: a Collector built in a test has none,
+        # so that its expositions stay the same from run to run.
+        self_metrics=(*built.self_metrics, ProcessMetrics()),
     )
     return collector

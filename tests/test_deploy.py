@@ -237,6 +237,7 @@ CONFIG_VARS = {
     "hostcollector_remote_write_endpoints": "remote_write.endpoints",
     "hostcollector_remote_write_external_labels": "remote_write.external_labels",
     "hostcollector_log_level": "logging.level",
+    "hostcollector_log_format": "logging.format",
 }
 
 
@@ -262,6 +263,34 @@ def config_leaves(node: Any, prefix: str = "") -> list[str]:
         else:
             paths.append(path)
     return paths
+
+
+def lock_pins() -> list[str]:
+    lock = ROLE / "files" / "requirements.lock"
+    return [line for line in lock.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def test_lock_pins_every_runtime_dependency_within_pyproject() -> None:
+    """The role's lock is the whole runtime closure, each pin allowed by pyproject.toml."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {canonicalize_name(p.split("==")[0]): p.split("==")[1] for p in lock_pins()}
+    assert all("==" in p for p in lock_pins())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} is not pinned in requirements.lock"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} breaks {text}"
+    assert "libvirt-python" not in pins, "the hypervisors use Debian's python3-libvirt"
+    # What `make lock` would write from this venv: the lock is current.
+    current = subprocess.run(
+        [sys.executable, str(ANSIBLE / "lock.py")], capture_output=True, text=True, check=True
+    ).stdout
+    assert current == (ROLE / "files" / "requirements.lock").read_text(), "run `make lock`"
 
 
 def test_role_renders_every_config_option() -> None:
@@ -437,6 +466,18 @@ def test_first_run_installs_user_venv_config_and_unit(deployed: Deployment) -> N
         [deployed.venv / "bin" / "hostcollector", "--version"], capture_output=True, text=True
     )
     assert version.returncode == 0 and version.stdout.startswith("hostcollector "), version
+    # No compiler: Debian's libvirt binding through the venv's system site packages, and the
+    # dependencies at exactly the role's pins.
+    libvirt = subprocess.run(
+        [deployed.venv / "bin" / "python", "-c", "import libvirt; print(libvirt.__file__)"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert libvirt.stdout.startswith("/usr/lib/python3/dist-packages/"), libvirt
+    frozen = subprocess.run(
+        [deployed.venv / "bin" / "pip", "freeze", "--local"], capture_output=True, text=True
+    ).stdout.splitlines()
+    for pin in lock_pins():
+        assert pin in frozen or pin.replace("_", "-") in frozen, f"{pin} not installed as pinned"
 
     assert deployed.config.stat().st_mode & 0o777 == 0o640
     check = subprocess.run(
@@ -460,6 +501,11 @@ def test_first_run_installs_user_venv_config_and_unit(deployed: Deployment) -> N
         "CPUQuota=50%",
         "MemoryMax=256M",
         "LimitNOFILE=4096",
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30s",
+        "SystemCallFilter=@system-service",
+        "SystemCallErrorNumber=EPERM",
     ):
         assert line in unit, f"unit lacks {line!r}"
     assert not re.search(r"^PrivateDevices=", unit, re.MULTILINE)

@@ -12,6 +12,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from hostcollector.exposition import ALL_FAMILIES, metrics_table, render
+from hostcollector.metrics import MEMORY_LIMIT_BYTES, SELF_FAMILIES_WITH_OWNER
 from hostcollector.model import DomainStats, InterfaceStats
 from tests.snapshots import snapshot_from_raw
 
@@ -142,8 +143,11 @@ def test_openmetrics_is_valid_and_carries_the_same_samples() -> None:
 
 
 def test_names_follow_prometheus_conventions() -> None:
+    # The process's own families keep the names every client library gives them.
+    process = {f.name for f in SELF_FAMILIES_WITH_OWNER[-1]} - {MEMORY_LIMIT_BYTES.name}
+    assert all(name.startswith("process_") for name in process)
     for family in ALL_FAMILIES:
-        assert family.name.startswith("hostcollector_")
+        assert family.name.startswith("hostcollector_") or family.name in process
         assert (family.kind == "counter") == family.name.endswith("_total"), family.name
         assert (family.kind == "info") == family.name.endswith("_info"), family.name
         assert not {"instance", "job", "host"} & set(family.labels)

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from hostcollector.app import COLLECTOR, build_app, wants_gzip, wants_openmetrics
 from hostcollector.collector import Collector, Exposition
-from hostcollector.config import Config
+from hostcollector.config import AuthConfig, Config
 from tests.replay import RecordedLibvirt
 from tests.snapshots import LAB_ATTRIBUTION
 
@@ -113,6 +113,54 @@ def test_health_and_landing() -> None:
         assert (await client.get("/nope")).status == 404
 
     with_client(RecordedLibvirt(), check)
+
+
+def test_ready_once_every_source_answered_a_failure_included() -> None:
+    """/-/ready: 503 naming the sources without an answer yet, 200 once the snapshot served
+    holds every enabled source's first answer; a failed poll is an answer."""
+
+    async def go() -> None:
+        config = Config(attribution=LAB_ATTRIBUTION, auth=AuthConfig("/nonexistent/tokens"))
+        gate = asyncio.Event()
+        working, failing = RecordedLibvirt(), RecordedLibvirt(fail=True)
+        working_poll = working.poll
+
+        async def slow_poll(*args: Any, **kwargs: Any) -> Any:
+            await gate.wait()  # the first poll still running
+            return await working_poll(*args, **kwargs)
+
+        working.poll = slow_poll  # type: ignore[method-assign]
+        collector = Collector(config, sources={"libvirt": working})
+        async with TestClient(TestServer(build_app(config, collector))) as client:
+            response = await client.get("/-/ready")  # no token needed, like /-/healthy
+            assert response.status == 503
+            assert await response.text() == "not ready: no answer yet from libvirt\n"
+            assert (await client.get("/metrics")).status == 401
+            gate.set()
+            for _ in range(200):
+                response = await client.get("/-/ready")
+                if response.status == 200:
+                    break
+                await asyncio.sleep(0.02)
+            assert response.status == 200 and await response.text() == "ready\n"
+            # The snapshot served holds that answer.
+            assert collector.exposition.snapshot.sources[0].polls_total >= 1
+
+        collector = Collector(config, sources={"libvirt": failing})
+        async with TestClient(TestServer(build_app(config, collector))) as client:
+            for _ in range(200):
+                response = await client.get("/-/ready")
+                if response.status == 200:
+                    break
+                await asyncio.sleep(0.02)
+            assert response.status == 200
+            assert not collector.exposition.snapshot.sources[0].up
+
+        collector = Collector(config, sources={})
+        async with TestClient(TestServer(build_app(config, collector))) as client:
+            assert (await client.get("/-/ready")).status == 200  # nothing to wait for
+
+    asyncio.run(go())
 
 
 def test_negotiation_helpers() -> None:

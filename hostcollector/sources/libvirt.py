@@ -461,7 +461,11 @@ class LibvirtSource:
             return self._conn
         if self._conn is not None:
             # The poller logs the source going down; this line only helps debugging.
-            log.debug("libvirt connection to %s lost; reconnecting", self.config.uri)
+            log.debug(
+                "libvirt connection to %s lost; reconnecting",
+                self.config.uri,
+                extra={"source": "libvirt"},
+            )
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
@@ -483,7 +487,7 @@ class LibvirtSource:
         self._connects += 1
         self._lane_conns.generation += 1
         if self._connects > 1:
-            log.info("reconnected to %s", self.config.uri)
+            log.info("reconnected to %s", self.config.uri, extra={"source": "libvirt"})
         self._conn_closed.clear()
         # Events may have been missed while disconnected: re-read every domain's metadata.
         self._metadata.clear()
@@ -506,6 +510,7 @@ class LibvirtSource:
             log.warning(
                 "libvirt events unavailable, relying on periodic metadata refresh: %s",
                 _describe(exc),
+                extra={"source": "libvirt"},
             )
         self._conn = conn
         return conn
@@ -541,7 +546,12 @@ class LibvirtSource:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     return _VANISHED
                 # libvirt hiccuped: keep what we had and try again next cycle.
-                log.debug("metadata of %s unavailable: %s", uuid, _describe(exc))
+                log.debug(
+                    "metadata of %s unavailable: %s",
+                    uuid,
+                    _describe(exc),
+                    extra={"vm_uuid": uuid, "source": "libvirt"},
+                )
                 return cached
         try:
             # The live definition: hostdevs attached at run time appear here. No monitor call.
@@ -549,7 +559,12 @@ class LibvirtSource:
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return _VANISHED
-            log.debug("definition of %s unavailable: %s", uuid, _describe(exc))
+            log.debug(
+                "definition of %s unavailable: %s",
+                uuid,
+                _describe(exc),
+                extra={"vm_uuid": uuid, "source": "libvirt"},
+            )
             return cached
         claim = parse_tenant(xml_by_namespace, self._rules)
         entry = _CachedDefinition(xml_by_namespace, claim, devices, now)

@@ -86,7 +86,13 @@ class DomainTracker:
             return
         if entry.quarantined_until is None:
             self.quarantines_total += 1
-            log.warning("VM %s (%s) quarantined: %s", entry.name, uuid, why)
+            log.warning(
+                "VM %s (%s) quarantined: %s",
+                entry.name,
+                uuid,
+                why,
+                extra={"vm_uuid": uuid, "source": "libvirt"},
+            )
         entry.quarantined_until = now + self._quarantine_seconds
 
     def fresh(self, uuid: str, stats: DomainStats, sampled_at: float) -> None:
@@ -96,7 +102,12 @@ class DomainTracker:
         if entry.sampled_at is not None and sampled_at < entry.sampled_at:
             return  # a late result never overwrites newer data
         if entry.quarantined_until is not None:
-            log.info("VM %s (%s) answers again; out of quarantine", entry.name, uuid)
+            log.info(
+                "VM %s (%s) answers again; out of quarantine",
+                entry.name,
+                uuid,
+                extra={"vm_uuid": uuid, "source": "libvirt"},
+            )
         entry.stats, entry.sampled_at, entry.quarantined_until = stats, sampled_at, None
 
     def partial(self, uuid: str, stats: DomainStats, sampled_at: float) -> None:

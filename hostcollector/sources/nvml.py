@@ -159,7 +159,9 @@ class NvmlSource:
         state.backoff = 0.0
         state.registered.clear()
         if state.last_error is not None:
-            log.info("NVML initialised again (driver %s)", state.driver_version)
+            log.info(
+                "NVML initialised again (driver %s)", state.driver_version, extra={"source": "nvml"}
+            )
         state.last_error = None
         return True
 
@@ -171,7 +173,12 @@ class NvmlSource:
         state.next_init = time.monotonic() + state.backoff
         if why != state.last_error:
             # NVML absent is normal on a passthrough-only host: one line, not one per poll.
-            log.info("nvml: %s; sysfs GPUs only, next attempt in %.0f s", why, state.backoff)
+            log.info(
+                "nvml: %s; sysfs GPUs only, next attempt in %.0f s",
+                why,
+                state.backoff,
+                extra={"source": "nvml"},
+            )
         state.last_error = why
 
     def _shutdown(self) -> None:
