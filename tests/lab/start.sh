@@ -12,15 +12,16 @@ for b in libvirtd virtlogd virsh ip; do
 done
 mkdir -p /var/log/libvirt /var/run/libvirt "$LAB_RUN"
 
-start_daemon() {  # name logfile
+start_daemon() {  # name logfile [ARG...]
   local name=$1 log=$2 pidfile=/run/$1.pid
+  shift 2
   # stale pid file from a killed daemon: remove it so the new one starts clean
   rm -f "$pidfile"
   # Under a prompt child reaper (reaper.py): PID 1 here reaps late, and a destroyed QEMU that
   # lingers as a zombie holds its domain's lock in libvirtd for ~1.8 s.
   local py=/usr/bin/python3
   [ -x "$py" ] || py=$(command -v python3) || die "python3 not found (run $LAB_HERE/install.sh)"
-  LIBVIRT_LOG_OUTPUTS="3:file:$log" setsid "$py" "$LAB_HERE/reaper.py" "$name" -d \
+  LIBVIRT_LOG_OUTPUTS="3:file:$log" setsid "$py" "$LAB_HERE/reaper.py" "$name" -d "$@" \
     </dev/null >>"$log" 2>&1 &
   local pid=""
   for _ in $(seq 1 50); do
@@ -42,7 +43,10 @@ else
   [ -n "$(live_pids virtlogd)" ] || start_daemon virtlogd "$VIRTLOGD_LOG"
   if [ -z "$(live_pids libvirtd)" ]; then
     # a killed libvirtd leaves its socket behind; the new one re-creates it
-    start_daemon libvirtd "$LIBVIRTD_LOG"
+    # libvirtd.conf: the read-only socket without polkit (no system bus here), as the role's
+    # README tells a hypervisor without polkit to do; the daemon's service user and the fleet
+    # hosts (tests/fleet/) connect to it as non-root.
+    start_daemon libvirtd "$LIBVIRTD_LOG" -f "$LAB_HERE/libvirtd.conf"
   fi
 fi
 
