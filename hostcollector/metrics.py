@@ -458,6 +458,9 @@ def _vf_info(a: AttributedVF) -> Iterable[tuple[str, Number]]:
         ("trust", _flag(vf.trust)),
         ("link_state", vf.link_state or ""),
         ("stats_source", vf.stats_source),
+        ("link_type", vf.link_type),
+        ("node_guid", vf.node_guid or ""),
+        ("port_guid", vf.port_guid or ""),
     )
     return (("," + label_text(config), 1),)
 
@@ -465,9 +468,23 @@ def _vf_info(a: AttributedVF) -> Iterable[tuple[str, Number]]:
 VF_INFO = Family(
     PREFIX + "vf_info",
     "info",
-    "Configuration of a VF: MAC, VLAN, QoS, spoof check, trust, link state, and where its "
-    "counters came from (netlink, sysfs, or none). Always 1.",
-    (*VF_LABELS, "mac", "vlan", "qos", "spoof_check", "trust", "link_state", "stats_source"),
+    "Configuration of a VF: MAC (20 bytes on IPoIB), VLAN, QoS, spoof check, trust, link "
+    "state, where its counters came from (netlink, sysfs, or none), its PF's link type (ether, "
+    "infiniband), and on IPoIB its node and port GUIDs (IFLA_VF_IB_NODE_GUID/PORT_GUID; empty "
+    "on Ethernet or when none is set). Always 1.",
+    (
+        *VF_LABELS,
+        "mac",
+        "vlan",
+        "qos",
+        "spoof_check",
+        "trust",
+        "link_state",
+        "stats_source",
+        "link_type",
+        "node_guid",
+        "port_guid",
+    ),
     samples=_vf_info,
 )
 # Per PF; value() receives PfStats.

@@ -156,7 +156,11 @@ class VfStats:
     # Where the counters came from: "netlink", "sysfs" (netlink's list was truncated), "" (none).
     # An origin, not a data source; the name is the label's and the JSON API's.
     stats_source: str
-    mac: str | None = None
+    # The PF's link type (rtnetlink.LINK_TYPES: "ether", "infiniband"); a VF shares its PF's.
+    link_type: str = ""
+    mac: str | None = None  # 6 bytes on Ethernet, 20 on IPoIB (as iproute2 prints them)
+    node_guid: str | None = None  # IPoIB VFs: IFLA_VF_IB_NODE_GUID, xx:xx:xx:xx:xx:xx:xx:xx
+    port_guid: str | None = None  # IFLA_VF_IB_PORT_GUID
     vlan: int | None = None
     qos: int | None = None
     spoof_check: bool | None = None

@@ -6,6 +6,12 @@ tenants (see `HOSTDEV_VMS`), unassigned VFs, a PF whose kernel has no VF drop co
 PF with 256 VFs whose netlink VF list was cut at 220, with per-VF sysfs stats (i40e layout) for
 VFs 220-239 and none for 240-255.
 
+`IPOIB_PF` is a ConnectX IPoIB PF (mlx5_ib + ipoib) with 3 VFs, as the kernel reports it
+(`ipoib_message`): ARPHRD_INFINIBAND, a 20-byte link-layer address, every VF's `mac` the PF's
+own address (ipoib_get_vf_config copies dev_addr), VF stats with the zeros mlx5_ib never fills
+(broadcast, drops), and the GUIDs of ndo_get_vf_guid (kernels >= 5.4): VFs 0 and 1 set, VF 2
+never set (0). In sysfs it has a P_Key child interface (ibp175s0.8001) on the same PCI device.
+
     python -m tests.sriov_fixtures     # rewrites tests/fixtures/sriov-synthetic.json
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +31,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 FIXTURE = Path(__file__).parent / "fixtures" / "sriov-synthetic.json"
 RTM_NEWLINK = 16
 KERNEL_VF_LIST_LIMIT = 220
+ARPHRD = {"ether": 1, "infiniband": 32}  # include/uapi/linux/if_arp.h
 
 
 @dataclass
@@ -36,6 +44,7 @@ class PfSpec:
     drops: bool = True  # kernel >= 4.20 reports VF drop counters
     listed: int | None = None  # VFs netlink lists (fewer than numvfs: truncated)
     sysfs_stats: range = field(default_factory=lambda: range(0))  # VFs with driver sysfs stats
+    link_type: str = "ether"  # or "infiniband": an IPoIB PF (ipoib_message)
 
     def vf_pci(self, index: int) -> str:
         slot, fn = divmod(index, 8)
@@ -55,6 +64,14 @@ SCENARIO = [
         sysfs_stats=range(220, 240),
     ),
 ]
+IPOIB_PF = PfSpec("ibp175s0", 7, "0000:af:00.0", "0000:b0", 3, link_type="infiniband")
+IPOIB_CHILD = ("ibp175s0.8001", 8)  # a P_Key child interface: same PCI device, iflink 7
+# The PF's IPoIB address: flags + QPN (00:00:10:49), then the port GID (subnet prefix fe80::,
+# port GUID 0c:42:a1:03:00:5e:2b:10); the broadcast address of the default P_Key 0xffff.
+IPOIB_ADDRESS = bytes.fromhex("00001049fe800000000000000c42a103005e2b10")
+IPOIB_BROADCAST = bytes.fromhex("00ffffffff12401bffff000000000000ffffffff")
+# The IPoIB VF held by a VM (acme), as the attribution tests use it
+IPOIB_VM = ("hc-scratch-ib-acme", "e0e0e0e0-0000-4000-8000-0000000f0003", 1)
 # VMs holding VFs, for the attribution tests: name, uuid, tenant (nova 1.1 project), VF, how
 HOSTDEV_VMS = [
     (
@@ -88,10 +105,27 @@ def vf_counters(pf: PfSpec, index: int) -> dict[str, int]:
     }
 
 
+def ib_guids(index: int) -> tuple[int, int]:
+    """VF `index`'s (node GUID, port GUID) as `ip link set ... vf N node_guid/port_guid` set
+    them; (0, 0) for VF 2, whose GUIDs were never set (mlx5_ib reports 0)."""
+    if index == 2:
+        return 0, 0
+    return 0x0C42A1FFFE5E2C00 + index, 0x0C42A1FFFE5E2D00 + index
+
+
 def link_message(pf: PfSpec) -> bytes:
+    if pf.link_type == "infiniband":
+        return ipoib_message(pf)
+    return _pyroute2_message(pf)
+
+
+def _pyroute2_message(pf: PfSpec) -> bytes:
+    infiniband = pf.link_type == "infiniband"
     vfs = []
     for index in range(pf.numvfs if pf.listed is None else pf.listed):
         c = vf_counters(pf, index)
+        if infiniband:  # what mlx5_ib_get_vf_stats leaves at rtnl_fill_vfinfo's zeros
+            c |= {"broadcast": 0, "rx_dropped": 0, "tx_dropped": 0}
         stats = [
             ("IFLA_VF_STATS_RX_PACKETS", c["rx_packets"]),
             ("IFLA_VF_STATS_TX_PACKETS", c["tx_packets"]),
@@ -114,22 +148,30 @@ def link_message(pf: PfSpec) -> bytes:
                             "IFLA_VF_MAC",
                             {
                                 "vf": index,
-                                "mac": f"52:54:00:{pf.ifindex:02x}:{index >> 8:02x}:{index & 255:02x}",
+                                # IPoIB: a placeholder, its 20 bytes written by ipoib_message
+                                "mac": "00:00:00:00:00:00"
+                                if infiniband
+                                else f"52:54:00:{pf.ifindex:02x}:{index >> 8:02x}:{index & 255:02x}",
                             },
                         ),
                         (
                             "IFLA_VF_VLAN",
-                            {"vf": index, "vlan": 100 + index if index % 2 else 0, "qos": 0},
+                            {
+                                "vf": index,
+                                "vlan": 100 + index if index % 2 and not infiniband else 0,
+                                "qos": 0,
+                            },
                         ),
                         (
                             "IFLA_VF_RATE",
                             {
                                 "vf": index,
                                 "min_tx_rate": 0,
-                                "max_tx_rate": 1000 if index == 0 else 0,
+                                "max_tx_rate": 1000 if index == 0 and not infiniband else 0,
                             },
                         ),
-                        ("IFLA_VF_SPOOFCHK", {"vf": index, "spoofchk": 1}),
+                        # mlx5_ib_get_vf_config zeroes ifla_vf_info: spoof check, trust off
+                        ("IFLA_VF_SPOOFCHK", {"vf": index, "spoofchk": 0 if infiniband else 1}),
                         ("IFLA_VF_LINK_STATE", {"vf": index, "link_state": 0}),
                         ("IFLA_VF_TRUST", {"vf": index, "trust": 0}),
                         ("IFLA_VF_STATS", {"attrs": stats}),
@@ -140,6 +182,7 @@ def link_message(pf: PfSpec) -> bytes:
     msg = ifinfmsg()
     msg["header"]["type"] = RTM_NEWLINK
     msg["family"] = 0
+    msg["ifi_type"] = ARPHRD[pf.link_type]
     msg["index"] = pf.ifindex
     msg["flags"] = 0x1043  # UP, BROADCAST, RUNNING, MULTICAST
     msg["change"] = 0
@@ -162,6 +205,65 @@ def link_message(pf: PfSpec) -> bytes:
     return bytes(msg.data[:length])
 
 
+IFLA_ADDRESS, IFLA_BROADCAST, IFLA_IFNAME, IFLA_VFINFO_LIST = 1, 2, 3, 22
+IFLA_VF_MAC, IFLA_VF_TRUST, IFLA_VF_IB_NODE_GUID, IFLA_VF_IB_PORT_GUID = 1, 9, 10, 11
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute as nla_put writes it: u16 length, u16 type, payload, 4-aligned."""
+    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+
+
+def _nlas(data: bytes) -> list[tuple[int, bytes]]:
+    """(type with its flags, payload) of each attribute in data."""
+    out, offset = [], 0
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        out.append((kind, data[offset + 4 : offset + length]))
+        offset += (length + 3) & ~3
+    return out
+
+
+def ifla_vf_guid(vf: int, guid: int) -> bytes:
+    """struct ifla_vf_guid {__u32 vf; __u64 guid;} as x86-64 lays it out: 16 bytes, the
+    naturally aligned u64 at offset 8 after 4 bytes of padding."""
+    return struct.pack("=I4xQ", vf, guid)
+
+
+def ipoib_message(pf: PfSpec) -> bytes:
+    """An IPoIB PF's RTM_NEWLINK as the kernel sends it. pyroute2 0.9.7 builds all of it but
+    what it cannot encode in the kernel's layout, written here with struct: 20-byte addresses
+    (its IFLA_ADDRESS/IFLA_BROADCAST are 6-byte l2addr, its vf_mac encoder 6 bytes + 26 of
+    padding) and the GUIDs (its vf_ib_node_guid/vf_ib_port_guid copy vf_mac's {u32; u8[32]},
+    36 bytes, where the kernel sends struct ifla_vf_guid's 16). rtnl_fill_vfinfo puts the GUIDs
+    right after IFLA_VF_TRUST, before IFLA_VF_VLAN_LIST and IFLA_VF_STATS."""
+    data = _pyroute2_message(pf)
+    header, attrs = bytearray(data[:32]), []
+    for kind, payload in _nlas(data[32:]):
+        if kind & 0x3FFF == IFLA_VFINFO_LIST:
+            payload = b"".join(_nla(k, _ipoib_vf(p)) for k, p in _nlas(payload))
+        attrs.append(_nla(kind, payload))
+        if kind == IFLA_IFNAME:
+            attrs += [_nla(IFLA_ADDRESS, IPOIB_ADDRESS), _nla(IFLA_BROADCAST, IPOIB_BROADCAST)]
+    body = b"".join(attrs)
+    struct.pack_into("=I", header, 0, 32 + len(body))
+    return bytes(header) + body
+
+
+def _ipoib_vf(payload: bytes) -> bytes:
+    attrs = []
+    index = struct.unpack_from("=I", payload, 4)[0]  # IFLA_VF_MAC comes first: its u32 vf
+    node, port = ib_guids(index)
+    for kind, data in _nlas(payload):
+        if kind == IFLA_VF_MAC:  # struct ifla_vf_mac {__u32 vf; __u8 mac[32];}
+            data = data[:4] + IPOIB_ADDRESS.ljust(32, b"\0")
+        attrs.append(_nla(kind, data))
+        if kind == IFLA_VF_TRUST:
+            attrs.append(_nla(IFLA_VF_IB_NODE_GUID, ifla_vf_guid(index, node)))
+            attrs.append(_nla(IFLA_VF_IB_PORT_GUID, ifla_vf_guid(index, port)))
+    return b"".join(attrs)
+
+
 def make_sysfs(root: Path, pfs: list[PfSpec] = SCENARIO) -> Path:
     """The sysfs layout of the scenario under `root`: class/net links into devices/."""
     net = root / "sys/class/net"
@@ -177,6 +279,17 @@ def make_sysfs(root: Path, pfs: list[PfSpec] = SCENARIO) -> Path:
         netdev.mkdir(exist_ok=True)
         (netdev / "ifindex").write_text(f"{pf.ifindex}\n")
         os.symlink(os.path.relpath(pf_dir, netdev), netdev / "device")
+        if pf.link_type == "infiniband":
+            (netdev / "iflink").write_text(f"{pf.ifindex}\n")
+            (pf_dir / "class").write_text("0x020700\n")  # InfiniBand controller
+            child_name, child_index = IPOIB_CHILD
+            child = net / child_name
+            child.mkdir()
+            (child / "ifindex").write_text(f"{child_index}\n")
+            (child / "iflink").write_text(f"{pf.ifindex}\n")
+            os.symlink(os.path.relpath(pf_dir, child), child / "device")
+        else:
+            (pf_dir / "class").write_text("0x020000\n")  # Ethernet controller
         for index in range(pf.numvfs):
             vf_dir = devices / pf.vf_pci(index)
             vf_dir.mkdir(exist_ok=True)
@@ -201,7 +314,7 @@ def make_sysfs(root: Path, pfs: list[PfSpec] = SCENARIO) -> Path:
     return root
 
 
-def recording() -> list[dict[str, Any]]:
+def recording(pfs: list[PfSpec] = SCENARIO) -> list[dict[str, Any]]:
     """The scenario as `hostcollector dump --raw` writes the sriov source."""
     return [
         {
@@ -212,7 +325,7 @@ def recording() -> list[dict[str, Any]]:
             "vf_pci": {str(i): pf.vf_pci(i) for i in range(pf.numvfs)},
             "rtm_newlink_base64": base64.b64encode(link_message(pf)).decode(),
         }
-        for pf in SCENARIO
+        for pf in pfs
     ]
 
 

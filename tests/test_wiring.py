@@ -206,7 +206,7 @@ def test_every_vf_field_netlink_reports_reaches_the_vf() -> None:
             values[name] = 1000 + number
     info = VfInfo(**values)  # type: ignore[arg-type]
     pf = PhysicalFunction("p0", 7, "0000:3b:00.0", 1, {info.index: "0000:3b:02.0"})  # type: ignore[dict-item]
-    _, (vf,) = build_pf_sample(pf, LinkInfo("p0", 1, {}, (info,)), lambda *_: None)
+    _, (vf,) = build_pf_sample(pf, LinkInfo("p0", "ether", 1, {}, (info,)), lambda *_: None)
     assert isinstance(vf, VfStats)
     assert {name: getattr(vf, name) for name in values} == values
     assert (vf.pf, vf.pci_address, vf.stats_source) == ("p0", "0000:3b:02.0", "netlink")

@@ -5,9 +5,16 @@ per VF (37 ms for one PF with 220 VFs, measured), which at thousands of VFs was 
 collector's CPU. The few attributes hostcollector reads are decoded here with `struct`
 instead, ~30x faster; the tests check the result against pyroute2's own decoder.
 
-Layout (include/uapi/linux/if_link.h, rtnetlink.h): nlmsghdr (16 bytes), ifinfomsg (16 bytes),
-then attributes: u16 length, u16 type, payload, padded to 4 bytes; nested attributes carry
-attributes in their payload.
+Layout (include/uapi/linux/if_link.h, rtnetlink.h): nlmsghdr (16 bytes), ifinfomsg (16 bytes:
+u8 family, u8 pad, u16 ifi_type, i32 index, u32 flags, u32 change), then attributes: u16 length,
+u16 type, payload, padded to 4 bytes; nested attributes carry attributes in their payload.
+
+Ethernet and IPoIB PFs take the same path: nothing here filters on the link type. What differs
+is read from ifinfomsg's ifi_type (include/uapi/linux/if_arp.h: ARPHRD_ETHER 1,
+ARPHRD_INFINIBAND 32): a VF's address is 6 bytes on Ethernet and 20 (INFINIBAND_ALEN) on IPoIB,
+as iproute2's print_vfinfo reads it, both inside struct ifla_vf_mac's 32-byte `mac`; and IPoIB
+PFs whose driver has ndo_get_vf_guid (mlx5_ib via ipoib, kernels >= 5.4) add each VF's node and
+port GUIDs (IFLA_VF_IB_NODE_GUID / IFLA_VF_IB_PORT_GUID, struct ifla_vf_guid).
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 _HEADERS = 16 + 16  # nlmsghdr + ifinfomsg
+_IFI_TYPE = 16 + 2  # ifinfomsg's u16 ifi_type
+ARPHRD_ETHER = 1
+ARPHRD_INFINIBAND = 32
+LINK_TYPES = {ARPHRD_ETHER: "ether", ARPHRD_INFINIBAND: "infiniband"}  # iproute2's names
+ETH_ALEN = 6
+INFINIBAND_ALEN = 20
 _TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 IFLA_IFNAME = 3
@@ -32,11 +45,14 @@ IFLA_VF_LINK_STATE = 5
 IFLA_VF_RATE = 6
 IFLA_VF_STATS = 8
 IFLA_VF_TRUST = 9
+IFLA_VF_IB_NODE_GUID = 10
+IFLA_VF_IB_PORT_GUID = 11
 
 # IFLA_VF_STATS_*: RX_PACKETS, TX_PACKETS, RX_BYTES, TX_BYTES, BROADCAST, MULTICAST, PAD (6,
 # never a counter), RX_DROPPED, TX_DROPPED
 IFLA_VF_STATS_PAD = 6
 IFLA_VF_STATS_LAST = 8
+_IB_UNFILLED = (4, 7, 8)  # BROADCAST, RX_DROPPED, TX_DROPPED: never filled on IPoIB
 # struct rtnl_link_stats64, the leading counters
 LINK_STATS64 = (
     "rx_packets",
@@ -50,6 +66,9 @@ LINK_STATS64 = (
 )
 LINK_STATES = {0: "auto", 1: "enable", 2: "disable"}
 UNSUPPORTED = 0xFFFFFFFF  # spoof check / trust the driver cannot report
+# struct ifla_vf_guid {__u32 vf; __u64 guid;}: the u64 is naturally aligned, so on 64-bit ABIs
+# the kernel's nla_put(sizeof) sends 16 bytes with the GUID at offset 8; i386 packs it in 12 at 4.
+_GUID_AT = {16: 8, 12: 4}
 
 
 @dataclass(slots=True)
@@ -60,6 +79,8 @@ class VfInfo:
 
     index: int | None = None
     mac: str | None = None  # None for an all-zero address: none set
+    node_guid: str | None = None  # IPoIB only; None where not reported or all zero (none set)
+    port_guid: str | None = None
     vlan: int | None = None
     qos: int | None = None
     spoof_check: bool | None = None
@@ -82,6 +103,7 @@ class LinkInfo:
     """What one RTM_NEWLINK message says of a link and its VFs."""
 
     name: str | None
+    link_type: str  # "ether", "infiniband", or ifi_type's number for any other ARPHRD_*
     num_vf: int | None
     link_stats: dict[str, int]
     vfs: tuple[VfInfo, ...]  # from IFLA_VFINFO_LIST, in the message's order
@@ -103,8 +125,10 @@ def parse_link(data: bytes) -> LinkInfo:
     link_stats: dict[str, int] = {}
     vfs: list[VfInfo] = []
     if len(data) < _HEADERS:
-        return LinkInfo(None, None, link_stats, ())  # cut before the first attribute
+        return LinkInfo(None, "", None, link_stats, ())  # cut before the first attribute
     (length,) = struct.unpack_from("=I", data, 0)
+    (ifi_type,) = struct.unpack_from("=H", data, _IFI_TYPE)
+    link_type = LINK_TYPES.get(ifi_type, str(ifi_type))
     end = min(length, len(data))
     for kind, start, stop in _attributes(data, _HEADERS, end):
         if kind == IFLA_IFNAME:
@@ -117,21 +141,41 @@ def parse_link(data: bytes) -> LinkInfo:
             )
         elif kind == IFLA_VFINFO_LIST:
             vfs.extend(
-                _vf(data, vf_start, vf_stop)
+                _vf(data, vf_start, vf_stop, ifi_type)
                 for vf_kind, vf_start, vf_stop in _attributes(data, start, stop)
                 if vf_kind == IFLA_VF_INFO
             )
-    return LinkInfo(name, num_vf, link_stats, tuple(vfs))
+    return LinkInfo(name, link_type, num_vf, link_stats, tuple(vfs))
 
 
-def _vf(data: bytes, start: int, end: int) -> VfInfo:
+def format_guid(guid: int) -> str | None:
+    """As iproute2 prints NODE_GUID/PORT_GUID (and `ip link set ... node_guid` reads it): the
+    u64's bytes most significant first, xx:xx:xx:xx:xx:xx:xx:xx. None for 0: mlx5_ib reports
+    0 for a VF whose GUID the administrator never set."""
+    if not guid:
+        return None
+    return ":".join(f"{b:02x}" for b in guid.to_bytes(8, "big"))
+
+
+def _guid(data: bytes, at: int, size: int) -> str | None:
+    offset = _GUID_AT.get(size)
+    if offset is None:
+        return None  # not struct ifla_vf_guid's size on any ABI: unreadable, so not reported
+    return format_guid(struct.unpack_from("=Q", data, at + offset)[0])
+
+
+def _vf(data: bytes, start: int, end: int, ifi_type: int = ARPHRD_ETHER) -> VfInfo:
+    # iproute2 prints a VF's address with INFINIBAND_ALEN bytes on IPoIB (its ETH_ALEN on
+    # Ethernet); any other link type keeps the Ethernet reading it always had here
+    address_length = INFINIBAND_ALEN if ifi_type == ARPHRD_INFINIBAND else ETH_ALEN
     index = mac = vlan = qos = spoof_check = trust = link_state = min_rate = max_rate = None
+    node_guid = port_guid = None
     counters: list[int | None] = [None] * (IFLA_VF_STATS_LAST + 1)
     for kind, at, stop in _attributes(data, start, end):
         size = stop - at
-        if kind == IFLA_VF_MAC and size >= 10:
+        if kind == IFLA_VF_MAC and size >= 4 + ETH_ALEN:
             index = struct.unpack_from("=I", data, at)[0]
-            address = data[at + 4 : at + 10]
+            address = data[at + 4 : at + 4 + min(address_length, size - 4)]
             if any(address):
                 mac = ":".join(f"{b:02x}" for b in address)
         elif kind == IFLA_VF_VLAN and size >= 12:
@@ -149,6 +193,10 @@ def _vf(data: bytes, start: int, end: int) -> VfInfo:
             link_state = LINK_STATES.get(struct.unpack_from("=I", data, at + 4)[0])
         elif kind == IFLA_VF_RATE and size >= 12:
             _, min_rate, max_rate = struct.unpack_from("=3I", data, at)
+        elif kind == IFLA_VF_IB_NODE_GUID:
+            node_guid = _guid(data, at, size)
+        elif kind == IFLA_VF_IB_PORT_GUID:
+            port_guid = _guid(data, at, size)
         elif kind == IFLA_VF_STATS:
             for counter, c_at, c_stop in _attributes(data, at, stop):
                 if (
@@ -157,9 +205,18 @@ def _vf(data: bytes, start: int, end: int) -> VfInfo:
                     and c_stop - c_at >= 8
                 ):
                     counters[counter] = struct.unpack_from("=Q", data, c_at)[0]
+    if ifi_type == ARPHRD_INFINIBAND:
+        # rtnl_fill_vfinfo (net/core/rtnetlink.c) zeroes struct ifla_vf_stats and sends every
+        # IFLA_VF_STATS_*; the only IB driver with VF stats, mlx5_ib_get_vf_stats
+        # (drivers/infiniband/hw/mlx5/ib_virt.c), fills unicast packets/bytes and multicast
+        # only. IB has no broadcast, and the drops are the kernel's zeros, not counts: absent.
+        for unfilled in _IB_UNFILLED:
+            counters[unfilled] = None
     return VfInfo(
         index=index,
         mac=mac,
+        node_guid=node_guid,
+        port_guid=port_guid,
         vlan=vlan,
         qos=qos,
         spoof_check=spoof_check,

@@ -1,7 +1,9 @@
 """The SR-IOV source: VF counters and config from the PF's netlink link info.
 
 A VF handed to a guest has no tap device, so libvirt knows nothing of its traffic; only the
-physical function's driver does. For each PF found in sysfs (sriov_sysfs.py) this asks the kernel
+physical function's driver does. Ethernet and IPoIB (InfiniBand) PFs alike: both are found by
+their SR-IOV capability and report VFs through the same netlink attributes; IPoIB VFs add their
+node and port GUIDs and keep no drop counters (absent, never 0). For each PF found in sysfs (sriov_sysfs.py) this asks the kernel
 for RTM_GETLINK with RTEXT_FILTER_VF, one PF at a time (a VF dump holds the kernel's global RTNL
 lock ~1-2 ms per VF), on the source's own interval.
 
@@ -53,7 +55,7 @@ def build_pf_sample(
         if index is None or index in seen:
             continue
         seen.add(index)
-        vfs.append(_netlink_vf(pf, index, info))
+        vfs.append(_netlink_vf(pf, link.link_type, index, info))
     expected = max(pf.numvfs, link.num_vf or 0)
     truncated = len(seen) < expected
     if truncated:
@@ -64,7 +66,7 @@ def build_pf_sample(
                 continue
             counters = sysfs_stats(pf.name, index)
             if counters:  # otherwise left out: a missing VF is never shown as zeros
-                vfs.append(_sysfs_vf(pf, index, counters))
+                vfs.append(_sysfs_vf(pf, link.link_type, index, counters))
     stats = link.link_stats
     pf_stats = PfStats(
         name=pf.name,
@@ -80,14 +82,17 @@ def build_pf_sample(
     return pf_stats, sorted(vfs, key=lambda vf: vf.index)
 
 
-def _netlink_vf(pf: PhysicalFunction, index: int, info: VfInfo) -> VfStats:
+def _netlink_vf(pf: PhysicalFunction, link_type: str, index: int, info: VfInfo) -> VfStats:
     has_counters = info.receive_packets is not None or info.receive_bytes is not None
     return VfStats(
         pf=pf.name,
         index=index,
         pci_address=pf.vf_pci.get(index),
         stats_source="netlink" if has_counters else "",
+        link_type=link_type,
         mac=info.mac,
+        node_guid=info.node_guid,
+        port_guid=info.port_guid,
         vlan=info.vlan,
         qos=info.qos,
         spoof_check=info.spoof_check,
@@ -106,13 +111,16 @@ def _netlink_vf(pf: PhysicalFunction, index: int, info: VfInfo) -> VfStats:
     )
 
 
-def _sysfs_vf(pf: PhysicalFunction, index: int, counters: Mapping[str, int]) -> VfStats:
+def _sysfs_vf(
+    pf: PhysicalFunction, link_type: str, index: int, counters: Mapping[str, int]
+) -> VfStats:
     # The driver's counters by VfStats field name (sriov_sysfs._SYSFS_COUNTERS); no config.
     return VfStats(
         pf=pf.name,
         index=index,
         pci_address=pf.vf_pci.get(index),
         stats_source="sysfs",
+        link_type=link_type,
         receive_packets=counters.get("receive_packets"),
         transmit_packets=counters.get("transmit_packets"),
         receive_bytes=counters.get("receive_bytes"),

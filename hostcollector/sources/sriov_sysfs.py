@@ -2,7 +2,14 @@
 
 Everything is read below a configurable root ("/" on a host, a tree on disk in tests):
 
-- a PF is a netdev whose `device/sriov_numvfs` is above 0 (`/sys/class/net/<pf>/device/...`);
+- a PF is a netdev whose `device/sriov_numvfs` is above 0 (`/sys/class/net/<pf>/device/...`),
+  whatever its PCI class or link type: Ethernet (class 0x0200) and InfiniBand (0x0207, an IPoIB
+  netdev) PFs alike, unlike exporters that hard-code the Ethernet class;
+- except a netdev stacked on another one (`iflink` is not its own `ifindex`): an IPoIB P_Key
+  child interface (ib0.8001) shares its parent's PCI device, so its `device/sriov_numvfs` and its
+  netlink VF list are the parent's, and polling it would count every VF twice
+  (drivers/infiniband/ulp/ipoib/ipoib_main.c, ipoib_get_iflink: a child's iflink is its
+  parent's ifindex; Documentation/ABI/testing/sysfs-class-net: iflink);
 - `device/virtfn<N>` links to VF N's PCI device; its name is the VF's PCI address;
 - some drivers also keep per-VF counters in sysfs, used where netlink's VF list was truncated:
   `device/sriov/<N>/stats/<counter>` files (i40e/ice out-of-tree drivers), or one
@@ -61,6 +68,9 @@ def discover_pfs(root: str | Path = "/") -> list[PhysicalFunction]:
         ifindex = read_int(net / name / "ifindex")
         if not numvfs or ifindex is None:
             continue
+        iflink = read_int(net / name / "iflink")
+        if iflink is not None and iflink != ifindex:
+            continue  # stacked on its parent, which is polled for these VFs
         try:
             pci_address = os.path.basename(os.readlink(device))
             entries = os.listdir(device)

@@ -17,7 +17,7 @@ from typing import Any
 
 from tests.conftest import LAB_FIXTURE
 from tests.nvml_stub import stub
-from tests.sriov_fixtures import PfSpec, link_message
+from tests.sriov_fixtures import IPOIB_PF, PfSpec, link_message
 
 CASES = Path(__file__).parent
 A1, B1, C1, D0 = (
@@ -43,6 +43,7 @@ SRIOV_PFS = [
     PfSpec("enp59s0f0", 4, "0000:3b:00.0", "0000:3b", 4),
     PfSpec("enp59s0f1", 5, "0000:3b:00.1", "0000:3c", 2, drops=False),
     PfSpec("enp94s0f0", 6, "0000:5e:00.0", "0000:5f", 3, listed=2),
+    IPOIB_PF,  # built by ipoib_message: 20-byte addresses, VF GUIDs
 ]
 GPU_SYSFS = [
     {"address": "0000:41:00.0", "driver": "vfio-pci", "aer": [3, 0, 0]},
@@ -111,7 +112,7 @@ def nvml_scenario() -> dict[str, Any]:
 
 
 SRIOV_DEVICES = {
-    A1: [hostdev("3b", "02", "1")],
+    A1: [hostdev("3b", "02", "1"), hostdev("b0", "02", "1")],  # an Ethernet and an IPoIB VF
     B1: [vf_nic("3c", "02", "0", "52:54:00:05:00:00")],
     C1: [hostdev("3b", "02", "3")],
 }
