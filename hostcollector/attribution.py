@@ -6,11 +6,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from hostcollector.model import (
     AttributedGpu,
+    AttributedPciDevice,
     AttributedVF,
     AttributedVgpu,
     AttributedVM,
     DomainStats,
     GpuStats,
+    PciDevice,
     TenantClaim,
     VfStats,
     VmFreshness,
@@ -74,6 +76,25 @@ def attribute_vfs(
     for vf in vfs:
         uuid = vm_by_pci.get(vf.pci_address or "", "")
         attributed.append(AttributedVF(vf, uuid, tenant_by_vm.get(uuid, "")))
+    return tuple(attributed)
+
+
+def attribute_pci_devices(
+    pci_devices: Mapping[str, Sequence[str]],
+    health: Mapping[str, PciDevice],
+    vms: Iterable[AttributedVM],
+) -> tuple[AttributedPciDevice, ...]:
+    """Every PCI hostdev of every domain, with that domain's tenant. A device two domains
+    define (only one can run with it) is listed under each. An address sysfs was not read for
+    is reported absent rather than dropped."""
+    tenant_by_vm = {vm.stats.uuid: vm.tenant_id for vm in vms}
+    attributed = []
+    for uuid, addresses in pci_devices.items():
+        if uuid not in tenant_by_vm:
+            continue  # a domain served no longer (its values went past max_sample_age_seconds)
+        for address in addresses:
+            device = health.get(address) or PciDevice(pci_address=address, present=False)
+            attributed.append(AttributedPciDevice(device, uuid, tenant_by_vm[uuid]))
     return tuple(attributed)
 
 

@@ -24,7 +24,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hostcollector import __version__
-from hostcollector.attribution import attribute_gpus, attribute_vfs, attribute_vms
+from hostcollector.attribution import (
+    attribute_gpus,
+    attribute_pci_devices,
+    attribute_vfs,
+    attribute_vms,
+)
 from hostcollector.config import Config
 from hostcollector.exposition import render
 from hostcollector.kinds import in_scope
@@ -273,6 +278,9 @@ class Collector:
                 libvirt.mdev_devices if libvirt else {},
                 vms,
                 nvml.driver_version if nvml else None,
+            ),
+            pci_devices=attribute_pci_devices(
+                pci_devices, libvirt.pci_health if libvirt else {}, vms
             ),
             nvml_available=nvml.nvml_available if nvml else None,
             nvml_driver_version=nvml.driver_version if nvml else None,

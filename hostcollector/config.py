@@ -133,6 +133,9 @@ class LibvirtConfig:
     # A VM's last good values are served (with their age) while it is quarantined or
     # libvirtd is unreachable, for at most this long; then its series go away.
     max_sample_age_seconds: float = 180.0
+    # Where sysfs is mounted: each PCI hostdev's PCIe health is read there
+    # (/sys/bus/pci/devices/<address> and the port above it); tests point it at a tree on disk.
+    sysfs_root: str = "/"
 
     def problems(self) -> list[str]:
         found = _schedule_problems(self.interval_seconds, self.timeout_seconds)

@@ -14,11 +14,13 @@ from hostcollector.kinds import EntityKind
 from hostcollector.label_text import escape_label_value, label_text
 from hostcollector.model import (
     AttributedGpu,
+    AttributedPciDevice,
     AttributedVF,
     AttributedVgpu,
     AttributedVM,
     Snapshot,
 )
+from hostcollector.pci_classes import class_name
 
 PREFIX = "hostcollector_"
 
@@ -911,6 +913,134 @@ def _vgpu_info(a: AttributedVgpu) -> Iterable[tuple[str, Number]]:
     return (("," + label_text(extra), 1),)
 
 
+PCI_DEVICE_LABELS = ("pci_address", "vm_uuid", "tenant_id")
+
+
+def _pci(name: str, kind: MetricType, help: str, value: Callable[[Any], Number | None]) -> Family:
+    # The kind's record is the AttributedPciDevice; `value` reads its PciDevice.
+    return Family(PREFIX + name, kind, help, PCI_DEVICE_LABELS, lambda a: value(a.device))
+
+
+def _pci_link(field: str, scale: float = 1) -> Callable[[Any], Number | None]:
+    """One link field of the device's own PcieHealth (absent if sysfs did not say)."""
+
+    def value(device: Any) -> Number | None:
+        found = getattr(device.health, field) if device.health is not None else None
+        return found if found is None or scale == 1 else found * scale
+
+    return value
+
+
+def _pci_aer(field: str) -> Callable[[Any], Iterable[tuple[str, Number]]]:
+    """An AER total as counted at the endpoint and at its upstream port, each where readable.
+    One family with `counted_at` rather than two: it is the same link's errors, which either
+    side may have seen (sysfs-bus-pci-devices-aer), so `sum without (counted_at)` is the link's
+    total and an alert on the family covers both ends."""
+
+    def samples(a: AttributedPciDevice) -> Iterable[tuple[str, Number]]:
+        for counted_at, health in (
+            ("endpoint", a.device.health),
+            ("upstream_port", a.device.upstream),
+        ):
+            found = getattr(health, field) if health is not None else None
+            if found is not None:
+                yield f',counted_at="{counted_at}"', found
+
+    return samples
+
+
+def _pci_info(a: AttributedPciDevice) -> Iterable[tuple[str, Number]]:
+    d = a.device
+    health = d.health
+    extra = (
+        ("vendor", d.vendor or ""),
+        ("device", d.device or ""),
+        ("class", d.pci_class or ""),
+        ("class_name", class_name(d.pci_class)),
+        ("driver", (health.driver if health else None) or ""),
+        ("physfn", (health.physfn if health else None) or ""),
+        ("upstream_port", d.upstream.pci_address if d.upstream else ""),
+        ("power_state", (health.power_state if health else None) or ""),
+    )
+    return (("," + label_text(extra), 1),)
+
+
+_AER_SOURCE = "counted at the endpoint or at its upstream port (counted_at), sysfs"
+# Per PCI hostdev of a domain (any class); value() receives PciDevice.
+PCI_DEVICE_FAMILIES = (
+    _pci(
+        "pci_device_present",
+        "gauge",
+        "1 if the host's sysfs has the PCI function a domain holds as a hostdev; 0 if not (removed, or fell off the bus): then no other PCIe series of it exist.",
+        lambda d: int(d.present),
+    ),
+    _pci(
+        "pci_device_link_speed_transfers_per_second",
+        "gauge",
+        "Current PCIe link speed of the device (sysfs current_link_speed, GT/s -> T/s); below the maximum: a downtrained link. Absent for a VF (no link of its own).",
+        _pci_link("link_speed_current_gts", 1e9),
+    ),
+    _pci(
+        "pci_device_link_max_speed_transfers_per_second",
+        "gauge",
+        "Maximum PCIe link speed of the device (sysfs max_link_speed, GT/s -> T/s).",
+        _pci_link("link_speed_max_gts", 1e9),
+    ),
+    _pci(
+        "pci_device_link_width_lanes",
+        "gauge",
+        "Current PCIe link width of the device (sysfs current_link_width).",
+        _pci_link("link_width_current"),
+    ),
+    _pci(
+        "pci_device_link_max_width_lanes",
+        "gauge",
+        "Maximum PCIe link width of the device (sysfs max_link_width).",
+        _pci_link("link_width_max"),
+    ),
+)
+PCI_DEVICE_AER = (
+    Family(
+        PREFIX + "pci_device_aer_correctable_errors_total",
+        "counter",
+        f"PCIe AER correctable errors on the device's link, {_AER_SOURCE} aer_dev_correctable TOTAL_ERR_COR.",
+        (*PCI_DEVICE_LABELS, "counted_at"),
+        samples=_pci_aer("aer_correctable"),
+    ),
+    Family(
+        PREFIX + "pci_device_aer_nonfatal_errors_total",
+        "counter",
+        f"PCIe AER non-fatal uncorrectable errors on the device's link, {_AER_SOURCE} aer_dev_nonfatal TOTAL_ERR_NONFATAL.",
+        (*PCI_DEVICE_LABELS, "counted_at"),
+        samples=_pci_aer("aer_nonfatal"),
+    ),
+    Family(
+        PREFIX + "pci_device_aer_fatal_errors_total",
+        "counter",
+        f"PCIe AER fatal errors on the device's link, {_AER_SOURCE} aer_dev_fatal TOTAL_ERR_FATAL.",
+        (*PCI_DEVICE_LABELS, "counted_at"),
+        samples=_pci_aer("aer_fatal"),
+    ),
+)
+PCI_DEVICE_INFO = Family(
+    PREFIX + "pci_device_info",
+    "info",
+    "A PCI function a domain holds as a hostdev: vendor, device and class IDs as sysfs gives them (hex), a name for the common classes, the driver bound (vfio-pci while the VM runs; the host's, or none, otherwise), its PF if it is a VF, the port above it, its power state. Always 1.",
+    (
+        *PCI_DEVICE_LABELS,
+        "vendor",
+        "device",
+        "class",
+        "class_name",
+        "driver",
+        "physfn",
+        "upstream_port",
+        "power_state",
+    ),
+    samples=_pci_info,
+)
+
+
 def _vm_info(vm: AttributedVM) -> Iterable[tuple[str, Number]]:
     extra = (("name", vm.stats.name), ("tenant_source", vm.tenant_source), *vm.info_labels)
     return (("," + label_text(extra), 1),)
@@ -1388,8 +1518,23 @@ VGPU = EntityKind(
     counted_as="vgpus",
 )
 
+PCI_DEVICE = EntityKind(
+    "pci_device",
+    "assignee",
+    tuple(
+        zip(
+            PCI_DEVICE_LABELS,
+            (lambda a: a.device.pci_address, lambda a: a.vm_uuid, lambda a: a.tenant_id),
+            strict=True,
+        )
+    ),
+    (*PCI_DEVICE_FAMILIES, *PCI_DEVICE_AER, PCI_DEVICE_INFO),
+    snapshot_field="pci_devices",
+    tenant_of=lambda a: a.tenant_id,
+)
+
 # In exposition order. A new kind goes here and is rendered, scoped, counted per tenant, listed
 # in the README's table and drawn by the scoping property test.
-KINDS = (VM, VCPU, DISK, NIC, VF, PF, GPU, VGPU)
+KINDS = (VM, VCPU, DISK, NIC, VF, PF, GPU, VGPU, PCI_DEVICE)
 
 ALL_FAMILIES = (*(family for kind in KINDS for family in kind.families), *SELF_FAMILIES)

@@ -131,6 +131,8 @@ class LibvirtSample:
     pci_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # mdev UUIDs of each domain's <hostdev type='mdev'> (NVIDIA vGPU on kernels < 6.8)
     mdev_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # What the host's sysfs says of each of those PCI addresses (pci_sysfs.py), by address
+    pci_health: dict[str, PciDevice] = field(default_factory=dict)
     # What libvirt returned, when recording (`dump --raw`): per domain uuid, name, stats, metadata.
     raw: tuple[dict[str, object], ...] | None = None
 
@@ -249,6 +251,28 @@ class PcieHealth:
     link_width_current: int | None = None
     link_width_max: int | None = None
     power_state: str | None = None  # D0, D3hot, ...
+
+
+@dataclass(frozen=True, slots=True)
+class PciDevice:
+    """A PCI function a domain holds as a hostdev, whatever its class, as the host's sysfs sees
+    it: its own PCIe health and that of the port above it (its link partner, where AER errors
+    the endpoint caused may be counted instead)."""
+
+    pci_address: str
+    present: bool  # False: the domain names an address the host's sysfs does not have
+    vendor: str | None = None  # "0x15b3", as sysfs writes it
+    device: str | None = None
+    pci_class: str | None = None  # "0x010802": class, subclass, programming interface
+    health: PcieHealth | None = None
+    upstream: PcieHealth | None = None  # None: on the root complex, or not resolvable
+
+
+@dataclass(frozen=True, slots=True)
+class AttributedPciDevice:
+    device: PciDevice
+    vm_uuid: str  # the domain holding it as a hostdev
+    tenant_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +402,7 @@ class Snapshot:
     pfs: tuple[PfStats, ...] = ()
     vfs: tuple[AttributedVF, ...] = ()
     gpus: tuple[AttributedGpu, ...] = ()
+    pci_devices: tuple[AttributedPciDevice, ...] = ()  # every PCI hostdev of every domain
     nvml_available: bool | None = None  # None: the nvml source is off or has not polled yet
     nvml_driver_version: str | None = None
     remote_write: tuple[RemoteWriteStatus, ...] = ()

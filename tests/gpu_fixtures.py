@@ -70,6 +70,16 @@ _AER_LINES = {
 }
 
 
+def write_aer(device: Path, totals: tuple[int, int, int]) -> None:
+    """aer_dev_correctable, _nonfatal, _fatal as the kernel writes them: one line per error
+    type, then the total; the first type carries the total."""
+    for (name, fields), total in zip(_AER_LINES.items(), totals, strict=True):
+        lines = [f"{field} 0" for field in fields[:-1]] + [f"{fields[-1]} {total}"]
+        if total:
+            lines[0] = f"{fields[0]} {total}"  # the detail adds up to the total
+        (device / name).write_text("\n".join(lines) + "\n")
+
+
 def make_gpu_sysfs(root: Path, functions: list[GpuFunction] = PASSTHROUGH) -> Path:
     devices = root / "sys/bus/pci/devices"
     drivers = root / "sys/bus/pci/drivers"
@@ -85,11 +95,7 @@ def make_gpu_sysfs(root: Path, functions: list[GpuFunction] = PASSTHROUGH) -> Pa
         if fn.driver:
             (drivers / fn.driver).mkdir(parents=True, exist_ok=True)
             os.symlink(os.path.relpath(drivers / fn.driver, device), device / "driver")
-        for (name, fields), total in zip(_AER_LINES.items(), fn.aer, strict=True):
-            lines = [f"{field} 0" for field in fields[:-1]] + [f"{fields[-1]} {total}"]
-            if total:
-                lines[0] = f"{fields[0]} {total}"  # the detail adds up to the total
-            (device / name).write_text("\n".join(lines) + "\n")
+        write_aer(device, fn.aer)
         for name, value in zip(
             ("current_link_speed", "max_link_speed", "current_link_width", "max_link_width"),
             fn.link,

@@ -34,6 +34,7 @@ from hostcollector.sources import Source
 from hostcollector.sources.domain_xml import domain_devices
 from hostcollector.sources.libvirt_stats import parse_domain_stats
 from hostcollector.sources.nvml import NvmlSource
+from hostcollector.sources.pci_sysfs import read_pci_devices
 from hostcollector.sources.rtnetlink import parse_link
 from hostcollector.sources.sriov import build_pf_sample
 from hostcollector.sources.sriov_sysfs import PhysicalFunction
@@ -41,6 +42,7 @@ from hostcollector.tenancy import compile_rules, parse_tenant
 from tests.conftest import load_raw
 from tests.gpu_fixtures import GpuFunction, make_gpu_sysfs
 from tests.nvml_stub.stub import SCENARIO_ENV, write_scenario
+from tests.pci_fixtures import PciFunction, make_pci_sysfs
 from tests.snapshots import LAB_ATTRIBUTION
 from tests.sriov_fixtures import recording
 
@@ -57,9 +59,16 @@ class ReplayLibvirt:
     interval_seconds = REPLAY_INTERVAL_SECONDS
 
     def __init__(
-        self, config: LibvirtConfig, recording: Mapping[str, Any], config_all: Config, now: float
+        self,
+        config: LibvirtConfig,
+        recording: Mapping[str, Any],
+        config_all: Config,
+        now: float,
+        pci_sysfs_root: Path | None = None,
     ) -> None:
+        """`pci_sysfs_root`: a sysfs tree holding the hostdevs (pci-sysfs.json laid out)."""
         self.config = config
+        self._pci_sysfs_root = pci_sysfs_root
         self._entries: list[dict[str, Any]] = recording["libvirt"]
         self._freshness: dict[str, dict[str, Any]] = recording.get("freshness", {})
         self._health: dict[str, Any] | None = recording.get("health")
@@ -101,6 +110,8 @@ class ReplayLibvirt:
                 pci_devices[entry["uuid"]] = devices.pci
             if devices.mdev:
                 mdev_devices[entry["uuid"]] = devices.mdev
+        held = [address for addresses in pci_devices.values() for address in addresses]
+        root = self._pci_sysfs_root
         return LibvirtSample(
             domains=tuple(
                 parse_domain_stats(e["uuid"], e["name"], e["stats"]) for e in self._entries
@@ -112,6 +123,7 @@ class ReplayLibvirt:
             listed_at=self._sampled_at,
             pci_devices=pci_devices,
             mdev_devices=mdev_devices,
+            pci_health=read_pci_devices(root, held) if root is not None else {},
         )
 
     async def close(self) -> None:
@@ -164,6 +176,14 @@ def gpu_functions(document: list[dict[str, Any]]) -> list[GpuFunction]:
     return functions
 
 
+def pci_functions(document: list[dict[str, Any]]) -> list[PciFunction]:
+    """pci-sysfs.json: PciFunction's fields by name, its tuples as JSON lists."""
+    return [
+        PciFunction(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
+        for entry in document
+    ]
+
+
 def replay_nvml(
     config: Config, case: Path, stub_library: Path, scratch: Path, setenv: SetEnv
 ) -> NvmlSource:
@@ -196,7 +216,12 @@ def replay_sources(
     sources: dict[str, Source] = {}
     if config.sources.libvirt.enabled:
         recording = _read_json(case / "libvirt.json")
-        sources["libvirt"] = ReplayLibvirt(config.sources.libvirt, recording, config, now)
+        pci_root = None
+        if (case / "pci-sysfs.json").exists():
+            pci_root = make_pci_sysfs(
+                scratch / "pci-sysfs", pci_functions(_read_json(case / "pci-sysfs.json"))
+            )
+        sources["libvirt"] = ReplayLibvirt(config.sources.libvirt, recording, config, now, pci_root)
     if config.sources.sriov.enabled:
         sources["sriov"] = ReplaySriov(config.sources.sriov, _read_json(case / "sriov.json"))
     if config.sources.nvml.enabled:

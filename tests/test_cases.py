@@ -85,6 +85,17 @@ SOURCE_FAMILIES: dict[str, tuple[Family, ...]] = {
 }
 # Families of a source that none of the recordings can show, and why.
 NOT_RECORDED: dict[str, str] = {}
+# Every PCI hostdev's PCIe side (the libvirt source's hostdevs, read in sysfs): required of the
+# cases whose recordings lay those out (pci-sysfs.json); lab-libvirt's domains hold none.
+HOSTDEV_FAMILIES = metrics.PCI_DEVICE.families
+# Families a case's hostdevs cannot show, and why.
+NOT_RECORDED_IN: dict[str, dict[str, str]] = {
+    "sriov": {
+        f.name: "its hostdevs are all VFs, which have no PCIe link of their own"
+        for f in metrics.PCI_DEVICE_FAMILIES
+        if "_link_" in f.name
+    },
+}
 
 
 class PinnedClock:
@@ -243,11 +254,16 @@ def test_served_as_recorded(served: Served, golden: str, request: pytest.Fixture
 
 
 @pytest.mark.parametrize("served", CASE_NAMES, indirect=True)
-def test_every_family_of_the_case_sources_has_a_series(served: Served) -> None:
+def test_every_family_of_the_case_sources_has_a_series(
+    served: Served, request: pytest.FixtureRequest
+) -> None:
+    name = request.node.callspec.params["served"]
     text = served.expositions["all"].decode()
     shown = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
     declared = {f.name for source in served.sources for f in SOURCE_FAMILIES[source]}
-    missing = sorted(declared - shown - NOT_RECORDED.keys())
+    if (CASES / name / "pci-sysfs.json").exists():
+        declared |= {f.name for f in HOSTDEV_FAMILIES}
+    missing = sorted(declared - shown - NOT_RECORDED.keys() - NOT_RECORDED_IN.get(name, {}).keys())
     assert not missing, f"no series of {missing}: record them, or say why in NOT_RECORDED"
 
 
@@ -270,3 +286,13 @@ def test_every_source_is_covered_by_some_case() -> None:
 def test_the_allow_list_names_only_declared_families() -> None:
     declared = {f.name for families in SOURCE_FAMILIES.values() for f in families}
     assert NOT_RECORDED.keys() <= declared
+    hostdev = {f.name for f in HOSTDEV_FAMILIES}
+    assert all(names.keys() <= hostdev for names in NOT_RECORDED_IN.values())
+
+
+def test_every_hostdev_family_is_shown_by_some_case() -> None:
+    cases = [n for n in CASE_NAMES if (CASES / n / "pci-sysfs.json").exists()]
+    assert {f.name for f in HOSTDEV_FAMILIES} - set.intersection(
+        *(set(NOT_RECORDED_IN.get(n, {})) for n in cases)
+    ), "no case shows every hostdev family"
+    assert any(n not in NOT_RECORDED_IN for n in cases)

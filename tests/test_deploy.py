@@ -217,6 +217,7 @@ CONFIG_VARS = {
     "hostcollector_libvirt_parallel_calls": "sources.libvirt.parallel_calls",
     "hostcollector_libvirt_quarantine_seconds": "sources.libvirt.quarantine_seconds",
     "hostcollector_libvirt_max_sample_age_seconds": "sources.libvirt.max_sample_age_seconds",
+    "hostcollector_libvirt_sysfs_root": "sources.libvirt.sysfs_root",
     "hostcollector_sriov_enabled": "sources.sriov.enabled",
     "hostcollector_sriov_interval_seconds": "sources.sriov.interval_seconds",
     "hostcollector_sriov_timeout_seconds": "sources.sriov.timeout_seconds",

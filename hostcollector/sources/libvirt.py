@@ -39,11 +39,12 @@ from typing import Any, Literal
 from hostcollector.config import LibvirtConfig
 from hostcollector.errors import SourceError
 from hostcollector.handover import Handover
-from hostcollector.model import LibvirtHealth, LibvirtSample, TenantClaim
+from hostcollector.model import LibvirtHealth, LibvirtSample, PciDevice, TenantClaim
 from hostcollector.selfmetrics import Sample, libvirt_samples
 from hostcollector.sources.domain_xml import DomainDevices, domain_devices
 from hostcollector.sources.libvirt_stats import carry_over, is_partial, parse_domain_stats
 from hostcollector.sources.libvirt_tracker import CONTROL_OCCUPIED, DomainTracker, ListedDomain
+from hostcollector.sources.pci_sysfs import read_pci_devices
 from hostcollector.sources.worker import BlockingLane
 from hostcollector.tenancy import MetadataRule, parse_tenant
 
@@ -130,6 +131,7 @@ class _Listing:
     claims: dict[str, TenantClaim | None]
     pci_devices: dict[str, tuple[str, ...]]
     mdev_devices: dict[str, tuple[str, ...]]
+    pci_health: dict[str, PciDevice]
 
 
 class _ThreadConnections:
@@ -247,6 +249,7 @@ class LibvirtSource:
             listed_at,
             pci_devices=listing.pci_devices,
             mdev_devices=listing.mdev_devices,
+            pci_health=listing.pci_health,
             raw=raw,
         )
 
@@ -407,7 +410,11 @@ class LibvirtSource:
             del self._metadata[gone]
         for gone in self._raw.keys() - by_uuid.keys():
             del self._raw[gone]
-        return _Listing(tuple(domains), by_uuid, claims, pci_devices, mdev_devices)
+        # The hostdevs' PCIe side, read fresh each poll (AER counters move): plain sysfs reads,
+        # ~25 small files per device and its upstream port, no libvirt call.
+        held = [address for addresses in pci_devices.values() for address in addresses]
+        pci_health = read_pci_devices(self.config.sysfs_root, held)
+        return _Listing(tuple(domains), by_uuid, claims, pci_devices, mdev_devices, pci_health)
 
     def _control_info(self, dom: Any) -> _Control | Literal[_Gone.VANISHED]:
         libvirt = _libvirt()

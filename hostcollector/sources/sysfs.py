@@ -9,7 +9,7 @@ from pathlib import Path
 def read_text(path: Path) -> str | None:
     try:
         return path.read_text().strip()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: bytes that are no UTF-8 (UnicodeDecodeError)
         return None
 
 

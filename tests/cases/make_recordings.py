@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hostcollector.sources.domain_xml import domain_devices
 from tests.conftest import LAB_FIXTURE
 from tests.nvml_stub import stub
 from tests.sriov_fixtures import IPOIB_PF, PfSpec, link_message
@@ -59,6 +60,29 @@ GPU_SYSFS = [
     {"address": "0000:ca:00.0", "driver": "nvidia"},
     {"address": "0000:18:00.0", "driver": "nvidia"},
 ]
+# The hostdevs' PCIe side (tests/pci_fixtures.py's PciFunction fields), per case the functions
+# its domains hold: VFs of the PFs above below one root port that counted their link's
+# errors, the GPU passed through whole (errors at the endpoint), and in `everything` an NVMe
+# drive on a downtrained link.
+VF_PORT = {"upstream_port": "0000:3a:00.0", "upstream_aer": [5, 0, 0]}
+NO_LINK = {"link": ["Unknown", "Unknown", "0", "0"]}
+PCI_SYSFS = [
+    {"address": "0000:3b:02.1", "vendor": "0x8086", "device": "0x1889", "pci_class": "0x020000",
+     "physfn": "0000:3b:00.0"} | VF_PORT | NO_LINK,
+    {"address": "0000:3b:02.3", "vendor": "0x8086", "device": "0x1889", "pci_class": "0x020000",
+     "physfn": "0000:3b:00.0"} | VF_PORT | NO_LINK,
+    {"address": "0000:3c:02.0", "vendor": "0x8086", "device": "0x1889", "pci_class": "0x020000",
+     "physfn": "0000:3b:00.1"} | VF_PORT | NO_LINK,
+    {"address": "0000:41:00.0", "vendor": "0x10de", "device": "0x2235", "pci_class": "0x030200",
+     "upstream_port": "0000:40:01.1", "aer": [3, 0, 0],
+     "link": ["32.0 GT/s PCIe", "32.0 GT/s PCIe", "16", "16"]},
+    # The IPoIB PF's VF (ConnectX-6 VF, class InfiniBand controller): below its own root port.
+    {"address": "0000:b0:02.1", "vendor": "0x15b3", "device": "0x101c", "pci_class": "0x020700",
+     "physfn": "0000:af:00.0", "upstream_port": "0000:ae:00.0", "upstream_aer": [0, 0, 0]} | NO_LINK,
+    {"address": "0000:5e:00.0", "vendor": "0x144d", "device": "0xa824", "pci_class": "0x010802",
+     "upstream_port": "0000:5d:02.0", "aer": [7, 0, 1],
+     "link": ["8.0 GT/s PCIe", "16.0 GT/s PCIe", "2", "4"]},
+]  # fmt: skip
 TENANT_MAP = {
     D0: {"tenant_id": "6f1c3b2a8d9e4f7a9b0c1d2e3f4a5b6c", "labels": {"project_name": "acme-batch"}},
     NOT_HERE: "0b7e5d4c3a2f41e8b9c7d6e5f4a3b2c1",
@@ -116,6 +140,7 @@ SRIOV_DEVICES = {
     B1: [vf_nic("3c", "02", "0", "52:54:00:05:00:00")],
     C1: [hostdev("3b", "02", "3")],
 }
+NVME_DEVICES = {A1: [hostdev("5e", "00", "0")]}
 GPU_DEVICES = {
     A1: [hostdev("41", "00", "0")],
     # vGPU 3 (T4, an mdev vGPU) joined by its mdev UUID
@@ -151,6 +176,17 @@ def sriov_recording() -> dict[str, Any]:
     }
 
 
+def pci_sysfs(devices_by_uuid: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """The functions of PCI_SYSFS the domains hold."""
+    held = {
+        address
+        for devices in devices_by_uuid.values()
+        for xml in devices
+        for address in domain_devices(domain_xml("d", "u", [xml])).pci
+    }
+    return [fn for fn in PCI_SYSFS if fn["address"] in held]
+
+
 def write(case: str, name: str, document: Any) -> None:
     path = CASES / case / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,18 +195,22 @@ def write(case: str, name: str, document: Any) -> None:
 
 def main() -> None:
     both = {
-        uuid: SRIOV_DEVICES.get(uuid, []) + GPU_DEVICES.get(uuid, []) for uuid in (A1, B1, C1, D0)
+        uuid: SRIOV_DEVICES.get(uuid, []) + GPU_DEVICES.get(uuid, []) + NVME_DEVICES.get(uuid, [])
+        for uuid in (A1, B1, C1, D0)
     }
     write("lab-libvirt", "libvirt.json", libvirt_recording({}, LAB_STATE))
     write("sriov", "libvirt.json", libvirt_recording(SRIOV_DEVICES))
     write("sriov", "sriov.json", sriov_recording())
+    write("sriov", "pci-sysfs.json", pci_sysfs(SRIOV_DEVICES))
     write("gpus", "libvirt.json", libvirt_recording(GPU_DEVICES))
     write("gpus", "nvml.json", nvml_scenario())
     write("gpus", "gpu-sysfs.json", GPU_SYSFS)
+    write("gpus", "pci-sysfs.json", pci_sysfs(GPU_DEVICES))
     write("everything", "libvirt.json", libvirt_recording(both, LAB_STATE))
     write("everything", "sriov.json", sriov_recording())
     write("everything", "nvml.json", nvml_scenario())
     write("everything", "gpu-sysfs.json", GPU_SYSFS)
+    write("everything", "pci-sysfs.json", pci_sysfs(both))
     write("everything", "tenant-map.json", TENANT_MAP)
 
 
