@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from hostcollector.model import (
     AttributedGpu,
+    AttributedGpuInstance,
     AttributedPciDevice,
     AttributedVF,
     AttributedVgpu,
@@ -135,6 +136,20 @@ def attribute_gpus(
             )
         )
     return tuple(attributed)
+
+
+def attributed_gpu_instances(a: AttributedGpu) -> list[AttributedGpuInstance]:
+    """The GPU's MIG GPU instances with GPM metrics, each with the VM and tenant of the
+    MIG-backed vGPU on it (a vGPU's gpu_instance_id), or none ("") where no vGPU is on it."""
+    owners = {
+        v.gpu_instance_id: owner
+        for v, owner in zip(a.gpu.vgpus, a.vgpu_vms, strict=True)
+        if v.gpu_instance_id is not None
+    }
+    return [
+        AttributedGpuInstance(i, a.gpu.uuid, *owners.get(i.gpu_instance_id, ("", "")))
+        for i in a.gpu.gpm_instances
+    ]
 
 
 def attributed_vgpus(a: AttributedGpu) -> list[AttributedVgpu]:

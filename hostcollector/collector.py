@@ -284,6 +284,7 @@ class Collector:
             ),
             nvml_available=nvml.nvml_available if nvml else None,
             nvml_driver_version=nvml.driver_version if nvml else None,
+            nvml_conf_compute=nvml.conf_compute if nvml else None,
             remote_write=inputs.remote_write,
             self_series=inputs.self_series,
         )

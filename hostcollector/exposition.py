@@ -213,6 +213,13 @@ def _snapshot_samples(snapshot: Snapshot) -> Iterator[Sample]:
     yield Sample(m.VFS, "", len(snapshot.vfs))
     if snapshot.nvml_available is not None:
         yield Sample(m.NVML_AVAILABLE, "", int(snapshot.nvml_available))
+    cc = snapshot.nvml_conf_compute
+    if cc is not None:
+        yield Sample(m.NVML_CONF_COMPUTE_FEATURE, "", cc.feature)
+        yield Sample(m.NVML_CONF_COMPUTE_ENVIRONMENT, "", cc.environment)
+        yield Sample(m.NVML_CONF_COMPUTE_DEVTOOLS_MODE, "", cc.devtools_mode)
+        if cc.gpus_ready is not None:
+            yield Sample(m.NVML_CONF_COMPUTE_GPUS_READY, "", int(cc.gpus_ready))
     yield Sample(m.GPUS, "", len(snapshot.gpus))
     yield Sample(
         m.GPUS_UNASSIGNED, "", sum(1 for g in snapshot.gpus if not g.vm_uuid and not g.gpu.vgpus)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hostcollector.attribution import attributed_vgpus
+from hostcollector.attribution import attributed_gpu_instances, attributed_vgpus
 from hostcollector.family import Family, MetricType, Number
 from hostcollector.kinds import EntityKind
 from hostcollector.label_text import escape_label_value, label_text
@@ -558,6 +558,42 @@ def _flag_value(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
+# GPM metrics (nvml_gpm.METRICS' names): name, unit suffix, what it is.
+GPM_METRICS = (
+    ("sm_active", "ratio", "Fraction of SMs busy (SM_UTIL)"),
+    ("sm_occupancy", "ratio", "Warps resident vs the theoretical maximum (SM_OCCUPANCY)"),
+    (
+        "tensor_active",
+        "ratio",
+        "Fraction of time the SMs ran any tensor operation (ANY_TENSOR_UTIL)",
+    ),
+    ("dram_bandwidth_utilization", "ratio", "DRAM bandwidth used vs its maximum (DRAM_BW_UTIL)"),
+    ("fp64_active", "ratio", "Fraction of time the SMs ran non-tensor FP64 math (FP64_UTIL)"),
+    ("fp32_active", "ratio", "Fraction of time the SMs ran non-tensor FP32 math (FP32_UTIL)"),
+    ("fp16_active", "ratio", "Fraction of time the SMs ran non-tensor FP16 math (FP16_UTIL)"),
+    (
+        "pcie_transmit",
+        "bytes_per_second",
+        "PCIe traffic from the GPU (PCIE_TX_PER_SEC, MiB/s -> B/s)",
+    ),
+    ("pcie_receive", "bytes_per_second", "PCIe traffic to the GPU (PCIE_RX_PER_SEC, MiB/s -> B/s)"),
+    ("nvlink_transmit", "bytes_per_second", "NVLink writes, all links (NVLINK_TOTAL_TX_PER_SEC)"),
+    ("nvlink_receive", "bytes_per_second", "NVLink reads, all links (NVLINK_TOTAL_RX_PER_SEC)"),
+)
+GPM_SOURCE = "from two GPM samples across the poll interval (nvmlGpmMetricsGet NVML_GPM_METRIC_*)"
+
+
+def _gpm(name: str) -> Callable[[Any], Number | None]:
+    """One GPM metric of a GpuStats (its `gpm`) or a GpmInstance (its `metrics`)."""
+
+    def value(record: Any) -> Number | None:
+        metrics = record.gpm if hasattr(record, "gpm") else record.metrics
+        found: float | None = getattr(metrics, name) if metrics is not None else None
+        return found
+
+    return value
+
+
 # Per GPU function; value() receives GpuStats. `vm_uuid`/`tenant_id` name the VM a GPU is passed
 # through to whole; a host-owned GPU shares them through its vGPUs (hostcollector_vgpu_*).
 GPU_FAMILIES = (
@@ -729,6 +765,82 @@ GPU_FAMILIES = (
         "Adaptive round-robin mode of the vGPU scheduler: 1 disabled, 2 enabled.",
         lambda g: g.vgpu_scheduler_arr_mode,
     ),
+    _gpu(
+        "gpu_retired_pages_pending",
+        "gauge",
+        "1 if framebuffer pages wait to be retired at the next driver reload (NVML_FI_DEV_RETIRED_PENDING; pre-Ampere GPUs, Ampere and newer remap rows instead).",
+        lambda g: _flag_value(g.retired_pages_pending),
+    ),
+    _gpu(
+        "gpu_pcie_replay_rollovers_total",
+        "counter",
+        "Times the PCIe replay counter rolled over (NVML_FI_DEV_PCIE_REPLAY_ROLLOVER_COUNTER).",
+        lambda g: g.pcie_replay_rollovers,
+    ),
+    _gpu(
+        "gpu_pcie_l0_to_recovery_total",
+        "counter",
+        "Times the GPU's PCIe link left L0 for recovery (NVML_FI_DEV_PCIE_L0_TO_RECOVERY_COUNTER): a link retraining.",
+        lambda g: g.pcie_l0_to_recovery,
+    ),
+    _gpu(
+        "gpu_power_average_watts",
+        "gauge",
+        "Power draw averaged over 1 s (NVML_FI_DEV_POWER_AVERAGE, mW -> W; Ampere except GA100, or newer).",
+        lambda g: g.power_average_watts,
+    ),
+    _gpu(
+        "gpu_power_instant_watts",
+        "gauge",
+        "Instantaneous power draw (NVML_FI_DEV_POWER_INSTANT, mW -> W).",
+        lambda g: g.power_instant_watts,
+    ),
+    _gpu(
+        "gpu_nvml_duration_seconds",
+        "gauge",
+        "Time NVML took for this GPU in the last poll (every call but the GPM wait): the cost of watching it.",
+        lambda g: g.nvml_duration_seconds,
+    ),
+    _gpu(
+        "gpu_gpm_supported",
+        "gauge",
+        "1 if the GPU has GPM profiling metrics (nvmlGpmQueryDeviceSupport; Hopper and newer), 0 if not: then no hostcollector_gpu_gpm_* series exist for it.",
+        lambda g: _flag_value(g.gpm_supported),
+    ),
+    *(
+        _gpu(f"gpu_gpm_{name}_{unit}", "gauge", f"{what}, {GPM_SOURCE}.", _gpm(name))
+        for name, unit, what in GPM_METRICS
+    ),
+    _gpu(
+        "gpu_fabric_state",
+        "gauge",
+        "The GPU's registration in the NVSwitch fabric (nvmlDeviceGetGpuFabricInfoV state): 1 not started, 2 in progress, 3 completed.",
+        lambda g: g.fabric.state if g.fabric else None,
+    ),
+    _gpu(
+        "gpu_fabric_status",
+        "gauge",
+        "The fabric registration's result once completed (an nvmlReturn_t): 0 success; anything else and NVLink peer-to-peer is down.",
+        lambda g: g.fabric.status if g.fabric else None,
+    ),
+    _gpu(
+        "gpu_fabric_clique_id",
+        "gauge",
+        "The fabric clique the GPU belongs to (GPUs of one clique reach each other over NVLink).",
+        lambda g: g.fabric.clique_id if g.fabric else None,
+    ),
+    _gpu(
+        "gpu_fabric_health_mask",
+        "gauge",
+        "The fabric health mask (NVML_GPU_FABRIC_HEALTH_MASK_*: degraded bandwidth in bits 0-1, 1 = degraded; route recovery, route unhealthy, access timeout, configuration, partition, fabric manager above).",
+        lambda g: g.fabric.health_mask if g.fabric else None,
+    ),
+    _gpu(
+        "gpu_fabric_health_summary",
+        "gauge",
+        "The fabric health summary (v3): 1 healthy, 2 unhealthy, 3 limited capacity.",
+        lambda g: g.fabric.health_summary if g.fabric else None,
+    ),
 )
 
 
@@ -753,6 +865,18 @@ def _gpu_remapped(a: AttributedGpu) -> Iterable[tuple[str, Number]]:
 
 def _gpu_nvlink(a: AttributedGpu) -> Iterable[tuple[str, Number]]:
     return ((f',link="{k}",counter="{c}"', n) for k, c, n in a.gpu.nvlink_errors)
+
+
+def _gpu_retired(a: AttributedGpu) -> Iterable[tuple[str, Number]]:
+    return ((f',cause="{c}"', n) for c, n in a.gpu.retired_pages)
+
+
+def _gpu_nvlink_data(a: AttributedGpu) -> Iterable[tuple[str, Number]]:
+    return ((f',link="{k}",direction="{d}"', n) for k, d, n in a.gpu.nvlink_data_bytes)
+
+
+def _gpu_nvml_errors(a: AttributedGpu) -> Iterable[tuple[str, Number]]:
+    return ((f',call="{c}",error="{e}"', n) for c, e, n in a.gpu.nvml_errors)
 
 
 def _gpu_xid(a: AttributedGpu) -> Iterable[tuple[str, Number]]:
@@ -807,6 +931,27 @@ GPU_NVLINK = Family(
     "NVLink data-link errors per link (nvmlDeviceGetNvLinkErrorCounter: replay, recovery, crc_flit, crc_data).",
     (*GPU_LABELS, "link", "counter"),
     samples=_gpu_nvlink,
+)
+GPU_RETIRED_PAGES = Family(
+    PREFIX + "gpu_retired_pages",
+    "gauge",
+    "Framebuffer pages retired, by cause (NVML_FI_DEV_RETIRED_SBE / _DBE: single_bit, double_bit ECC errors).",
+    (*GPU_LABELS, "cause"),
+    samples=_gpu_retired,
+)
+GPU_NVLINK_DATA = Family(
+    PREFIX + "gpu_nvlink_data_bytes_total",
+    "counter",
+    "NVLink data per link and direction, protocol overhead excluded (NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX/RX, KiB -> bytes).",
+    (*GPU_LABELS, "link", "direction"),
+    samples=_gpu_nvlink_data,
+)
+GPU_NVML_ERRORS = Family(
+    PREFIX + "gpu_nvml_errors_total",
+    "counter",
+    "NVML answers other than NOT_SUPPORTED since the collector started, by field (nvmlDeviceGetFieldValues' per-field nvmlReturn, or field_values for the whole call) and error: that series alone is missing, the others stand.",
+    (*GPU_LABELS, "call", "error"),
+    samples=_gpu_nvml_errors,
 )
 GPU_XID = Family(
     PREFIX + "gpu_xid_errors_total",
@@ -897,6 +1042,21 @@ VGPU_FAMILIES = (
         "Average FBC latency (nvmlVgpuInstanceGetFBCStats, us -> s).",
         lambda v: v.fbc_latency_seconds,
     ),
+)
+
+
+GPU_INSTANCE_LABELS = ("gpu_uuid", "gpu_instance_id", "vm_uuid", "tenant_id")
+
+# Per MIG GPU instance with GPM; value() receives the AttributedGpuInstance's GpmInstance.
+GPU_INSTANCE_FAMILIES = tuple(
+    Family(
+        PREFIX + f"gpu_instance_gpm_{name}_{unit}",
+        "gauge",
+        f"{what}, of one MIG GPU instance (nvmlGpmMigSampleGet), {GPM_SOURCE}; vm_uuid/tenant_id: its MIG-backed vGPU's.",
+        GPU_INSTANCE_LABELS,
+        (lambda get: lambda a: get(a.instance))(_gpm(name)),
+    )
+    for name, unit, what in GPM_METRICS
 )
 
 
@@ -1150,6 +1310,26 @@ NVML_AVAILABLE = _self_family(
     "gauge",
     "1 if NVML initialised (library and driver present); 0 if not, when only sysfs GPUs are reported.",
 )
+NVML_CONF_COMPUTE_FEATURE = _self_family(
+    "nvml_conf_compute_feature",
+    "gauge",
+    "Confidential computing on this host's GPUs (nvmlSystemGetConfComputeState ccFeature): 0 disabled, 1 enabled, 2 bare-metal secure AI; absent where NVML does not support it.",
+)
+NVML_CONF_COMPUTE_ENVIRONMENT = _self_family(
+    "nvml_conf_compute_environment",
+    "gauge",
+    "Confidential computing environment (nvmlSystemGetConfComputeState environment): 0 unavailable, 1 simulation, 2 production.",
+)
+NVML_CONF_COMPUTE_DEVTOOLS_MODE = _self_family(
+    "nvml_conf_compute_devtools_mode",
+    "gauge",
+    "1 if confidential computing's devtools mode is on (no protection: for debugging only).",
+)
+NVML_CONF_COMPUTE_GPUS_READY = _self_family(
+    "nvml_conf_compute_gpus_ready",
+    "gauge",
+    "1 if the GPUs accept work in confidential computing mode (nvmlSystemGetConfComputeGpusReadyState), 0 if not yet.",
+)
 GPUS = _self_family("gpus", "gauge", "GPU functions exported, NVML's and sysfs-only ones.")
 GPUS_UNASSIGNED = _self_family(
     "gpus_unassigned",
@@ -1327,6 +1507,10 @@ SELF_FAMILIES = (
     VMS,
     VFS,
     NVML_AVAILABLE,
+    NVML_CONF_COMPUTE_FEATURE,
+    NVML_CONF_COMPUTE_ENVIRONMENT,
+    NVML_CONF_COMPUTE_DEVTOOLS_MODE,
+    NVML_CONF_COMPUTE_GPUS_READY,
     GPUS,
     GPUS_UNASSIGNED,
     VGPUS,
@@ -1377,6 +1561,12 @@ SELF_FAMILIES_WITH_OWNER = (
         LIBVIRT_BUSY_DOMAINS_TOTAL,
     ),
     (NVML_AVAILABLE,),
+    (
+        NVML_CONF_COMPUTE_FEATURE,
+        NVML_CONF_COMPUTE_ENVIRONMENT,
+        NVML_CONF_COMPUTE_DEVTOOLS_MODE,
+        NVML_CONF_COMPUTE_GPUS_READY,
+    ),
     (
         TENANT_MAP_ENTRIES,
         TENANT_MAP_RELOADS_TOTAL,
@@ -1485,6 +1675,9 @@ GPU = EntityKind(
         GPU_NVLINK,
         GPU_XID,
         GPU_CLOCKS_EVENT,
+        GPU_RETIRED_PAGES,
+        GPU_NVLINK_DATA,
+        GPU_NVML_ERRORS,
     ),
     snapshot_field="gpus",
     # A GPU shared by vGPUs is the host's: its own series would show the other tenants' use.
@@ -1533,8 +1726,28 @@ PCI_DEVICE = EntityKind(
     tenant_of=lambda a: a.tenant_id,
 )
 
+GPU_INSTANCE = EntityKind(
+    "gpu_instance",
+    "assignee",
+    tuple(
+        zip(
+            GPU_INSTANCE_LABELS,
+            (
+                lambda a: a.gpu_uuid,
+                lambda a: str(a.instance.gpu_instance_id),
+                lambda a: a.vm_uuid,
+                lambda a: a.tenant_id,
+            ),
+            strict=True,
+        )
+    ),
+    GPU_INSTANCE_FAMILIES,
+    records=lambda snapshot: (i for a in snapshot.gpus for i in attributed_gpu_instances(a)),
+    tenant_of=lambda a: a.tenant_id,
+)
+
 # In exposition order. A new kind goes here and is rendered, scoped, counted per tenant, listed
 # in the README's table and drawn by the scoping property test.
-KINDS = (VM, VCPU, DISK, NIC, VF, PF, GPU, VGPU, PCI_DEVICE)
+KINDS = (VM, VCPU, DISK, NIC, VF, PF, GPU, VGPU, GPU_INSTANCE, PCI_DEVICE)
 
 ALL_FAMILIES = (*(family for kind in KINDS for family in kind.families), *SELF_FAMILIES)

@@ -276,6 +276,52 @@ class AttributedPciDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class GpmMetrics:
+    """GPM metrics over the poll interval (nvml_gpm.METRICS); None: NVML did not answer it."""
+
+    sm_active: float | None = None  # ratios 0-1
+    sm_occupancy: float | None = None
+    tensor_active: float | None = None
+    dram_bandwidth_utilization: float | None = None
+    fp64_active: float | None = None
+    fp32_active: float | None = None
+    fp16_active: float | None = None
+    pcie_transmit: float | None = None  # bytes per second
+    pcie_receive: float | None = None
+    nvlink_transmit: float | None = None
+    nvlink_receive: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpmInstance:
+    """GPM metrics of one MIG GPU instance over the poll interval (nvmlGpmMigSampleGet)."""
+
+    gpu_instance_id: int
+    metrics: GpmMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class FabricInfo:
+    """nvmlDeviceGetGpuFabricInfoV (nvmlGpuFabricInfo_v3_t): the GPU in the NVSwitch fabric."""
+
+    state: int  # NVML_GPU_FABRIC_STATE_*: 1 not started, 2 in progress, 3 completed
+    status: int  # an nvmlReturn_t, meaningful once completed: 0 success
+    clique_id: int
+    health_mask: int  # NVML_GPU_FABRIC_HEALTH_MASK_* fields
+    health_summary: int | None  # 1 healthy, 2 unhealthy, 3 limited capacity; None before v3
+
+
+@dataclass(frozen=True, slots=True)
+class ConfCompute:
+    """nvmlSystemGetConfComputeState and nvmlSystemGetConfComputeGpusReadyState."""
+
+    environment: int  # NVML_CC_SYSTEM_ENVIRONMENT_*: 0 unavailable, 1 simulation, 2 production
+    feature: int  # NVML_CC_SYSTEM_FEATURE_*: 0 disabled, 1 enabled, 2 bare-metal secure AI
+    devtools_mode: int  # 0 off, 1 on
+    gpus_ready: bool | None  # the GPUs accept work; None where NVML does not say
+
+
+@dataclass(frozen=True, slots=True)
 class GpuStats:
     """One GPU function. `nvml_visible` False: bound to vfio-pci (passed through whole) or
     otherwise not the host driver's; only its PCIe side (sysfs) is known, never utilization."""
@@ -315,6 +361,21 @@ class GpuStats:
     vgpu_scheduler_policy: int | None = None  # 1 best effort, 2 equal share, 3 fixed share
     vgpu_scheduler_arr_mode: int | None = None  # adaptive round robin: 1 off, 2 on
     pcie: PcieHealth | None = None  # from sysfs: the only view of a GPU passed through whole
+    # From the one nvmlDeviceGetFieldValues call of the poll (nvml_fields.py):
+    retired_pages: tuple[tuple[str, int], ...] = ()  # (single_bit|double_bit, pages)
+    retired_pages_pending: bool | None = None
+    pcie_replay_rollovers: int | None = None
+    pcie_l0_to_recovery: int | None = None
+    power_average_watts: float | None = None
+    power_instant_watts: float | None = None
+    nvlink_data_bytes: tuple[tuple[int, str, int], ...] = ()  # (link, transmit|receive, bytes)
+    # NVML's answers other than NOT_SUPPORTED, counted since the collector started.
+    nvml_errors: tuple[tuple[str, str, int], ...] = ()  # (field or call, error, count)
+    nvml_duration_seconds: float | None = None  # NVML's time for this GPU in this poll
+    gpm_supported: bool | None = None  # None: NVML could not say (or not NVML's GPU)
+    gpm: GpmMetrics | None = None  # the whole GPU over the poll interval
+    gpm_instances: tuple[GpmInstance, ...] = ()
+    fabric: FabricInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +384,7 @@ class NvmlSample:
     driver_version: str | None
     gpus: tuple[GpuStats, ...]
     raw: dict[str, object] | None = None
+    conf_compute: ConfCompute | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +401,16 @@ class AttributedVgpu:
     """One vGPU with the VM and tenant it belongs to (from AttributedGpu.vgpu_vms)."""
 
     vgpu: VgpuStats
+    gpu_uuid: str
+    vm_uuid: str
+    tenant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttributedGpuInstance:
+    """One MIG GPU instance's GPM metrics with the VM and tenant of the vGPU on it ("" if none)."""
+
+    instance: GpmInstance
     gpu_uuid: str
     vm_uuid: str
     tenant_id: str
@@ -405,6 +477,7 @@ class Snapshot:
     pci_devices: tuple[AttributedPciDevice, ...] = ()  # every PCI hostdev of every domain
     nvml_available: bool | None = None  # None: the nvml source is off or has not polled yet
     nvml_driver_version: str | None = None
+    nvml_conf_compute: ConfCompute | None = None
     remote_write: tuple[RemoteWriteStatus, ...] = ()
     # Every registered owner's self-metrics (selfmetrics.py), collected with this snapshot.
     self_series: tuple[Sample, ...] = ()

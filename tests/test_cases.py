@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import hostcollector.collector
 import hostcollector.poller
 import hostcollector.reloading
+import hostcollector.sources.nvml
 import hostcollector.views
 from hostcollector import metrics
 from hostcollector.app import build_app
@@ -79,8 +80,12 @@ SOURCE_FAMILIES: dict[str, tuple[Family, ...]] = {
         metrics.GPU_NVLINK,
         metrics.GPU_XID,
         metrics.GPU_CLOCKS_EVENT,
+        metrics.GPU_RETIRED_PAGES,
+        metrics.GPU_NVLINK_DATA,
+        metrics.GPU_NVML_ERRORS,
         *metrics.VGPU_FAMILIES,
         metrics.VGPU_INFO,
+        *metrics.GPU_INSTANCE_FAMILIES,
     ),
 }
 # Families of a source that none of the recordings can show, and why.
@@ -124,6 +129,7 @@ def pinned(monkeypatch: pytest.MonkeyPatch) -> None:
         hostcollector.poller,
         hostcollector.views,
         hostcollector.reloading,
+        hostcollector.sources.nvml,  # NVML's time per GPU reads 0
     ):
         monkeypatch.setattr(module, "time", clock)
     monkeypatch.setattr(hostcollector.collector, "BUILD_LABELS", BUILD)

@@ -116,10 +116,18 @@ def test_header_struct_sizes_match_pynvml(stub_lib: Any) -> None:
         "nvmlVgpuInstanceUtilizationSample_t": pynvml.c_nvmlVgpuInstanceUtilizationSample_t,
         "nvmlVgpuSchedulerGetState_t": pynvml.c_nvmlVgpuSchedulerGetState_t,
         "nvmlTemperature_v1_t": pynvml.c_nvmlTemperature_v1_t,
+        "nvmlFieldValue_t": pynvml.c_nvmlFieldValue_t,
+        "nvmlGpmSupport_t": pynvml.c_nvmlGpmSupport_t,
+        "nvmlGpmMetric_t": pynvml.c_nvmlGpmMetric_t,
+        "nvmlGpmMetricsGet_t": pynvml.c_nvmlGpmMetricsGet_t,
+        "nvmlGpuFabricInfo_v3_t": pynvml.c_nvmlGpuFabricInfo_v3_t,
+        "nvmlConfComputeSystemState_t": pynvml.c_nvmlConfComputeSystemState_t,
     }
     for name, ctype in mirrors.items():
         assert stub_lib.hcstub_sizeof(name.encode()) == ctypes.sizeof(ctype), name
     assert pynvml.nvmlMemory_v2 == (2 << 24) | ctypes.sizeof(pynvml.c_nvmlMemory_v2_t)
+    # The versioned structs: NVML_STRUCT_VERSION(name, v) = sizeof | v << 24 (nvml.h).
+    assert pynvml.nvmlGpuFabricInfo_v3 == (3 << 24) | ctypes.sizeof(pynvml.c_nvmlGpuFabricInfo_v3_t)
 
 
 def test_exports_every_symbol_and_soname(stub_lib: Any) -> None:
@@ -493,7 +501,38 @@ DEVICE_CALLS: dict[str, Callable[[Any], Any]] = {
     "nvmlDeviceGetActiveVgpus": pynvml.nvmlDeviceGetActiveVgpus,
     "nvmlDeviceGetVgpuUtilization": lambda h: pynvml.nvmlDeviceGetVgpuUtilization(h, 0),
     "nvmlDeviceGetVgpuSchedulerState": pynvml.nvmlDeviceGetVgpuSchedulerState,
+    "nvmlDeviceGetFieldValues": lambda h: pynvml.nvmlDeviceGetFieldValues(h, [3]),
+    "nvmlGpmQueryDeviceSupport": pynvml.nvmlGpmQueryDeviceSupport,
+    "nvmlGpmSampleGet": lambda h: pynvml.nvmlGpmSampleGet(h, _gpm_sample()),
+    "nvmlGpmMigSampleGet": lambda h: pynvml.nvmlGpmMigSampleGet(h, 1, _gpm_sample()),
+    "nvmlDeviceGetGpuFabricInfoV": lambda h: pynvml.nvmlDeviceGetGpuFabricInfoV(
+        h, ctypes.byref(_fabric_info())
+    ),
 }
+# Served only by a GPU in MIG mode (the others answer NOT_SUPPORTED): tested on one.
+MIG_CALLS = ("nvmlGpmMigSampleGet",)
+_GPM_SAMPLES: list[Any] = []
+
+
+def _gpm_sample() -> Any:
+    sample = pynvml.nvmlGpmSampleAlloc()
+    _GPM_SAMPLES.append(sample)  # kept: the leak checks compare live counts before and after
+    return sample
+
+
+def _fabric_info() -> Any:
+    info = pynvml.c_nvmlGpuFabricInfo_v3_t()
+    info.version = pynvml.nvmlGpuFabricInfo_v3
+    return info
+
+
+def _all_answering(gpu: dict[str, Any]) -> dict[str, Any]:
+    """A GPU of which every device call succeeds (GPM, a fabric), MIG ones aside."""
+    return {
+        **gpu,
+        "gpm_supported": True,
+        "fabric": {"state": 3, "status": 0, "clique_id": 1, "health_mask": 0},
+    }
 
 
 def test_device_calls_cover_every_device_symbol() -> None:
@@ -502,13 +541,17 @@ def test_device_calls_cover_every_device_symbol() -> None:
 
 def test_every_device_symbol_can_be_not_supported(nvml: Nvml) -> None:
     base = vgpu_host(TENANT_A, TENANT_B)
+    base["gpus"][0] = _all_answering(base["gpus"][0])
     base["gpus"][0]["nvlinks"] = [{}]
     base["gpus"][0]["utilization_samples"] = {"gpu": [(1, 1)]}
     nvml.start(base)
     h = nvml.handle(0)
-    for call in DEVICE_CALLS.values():
-        call(h)  # all succeed
     for symbol, call in DEVICE_CALLS.items():
+        if symbol not in MIG_CALLS:
+            call(h)  # all succeed
+    for symbol, call in DEVICE_CALLS.items():
+        if symbol in MIG_CALLS:
+            continue
         gpu = {**base["gpus"][0], "not_supported": [symbol]}
         nvml.write({**base, "gpus": [gpu, base["gpus"][1]]})
         with pytest.raises(pynvml.NVMLError_NotSupported):
@@ -517,6 +560,7 @@ def test_every_device_symbol_can_be_not_supported(nvml: Nvml) -> None:
 
 def test_lost_gpu_midrun(nvml: Nvml) -> None:
     scenario = vgpu_host(TENANT_A, TENANT_B)
+    scenario["gpus"][1] = _all_answering(scenario["gpus"][1])
     scenario["gpus"][1]["nvlinks"] = [{}]
     scenario["gpus"][1]["utilization_samples"] = {"gpu": [(1, 1)]}
     nvml.start(scenario)
@@ -525,10 +569,11 @@ def test_lost_gpu_midrun(nvml: Nvml) -> None:
     assert pynvml.nvmlDeviceGetPowerUsage(h0) == 180_000
     before = nvml.lib.hcstub_reload_count()
     lost_gpu_midrun(nvml.path, scenario, 0)
-    for call in DEVICE_CALLS.values():
+    for symbol, call in DEVICE_CALLS.items():
         with pytest.raises(pynvml.NVMLError_GpuIsLost):
             call(h0)
-        call(h1)  # the other GPU still answers
+        if symbol not in MIG_CALLS:
+            call(h1)  # the other GPU still answers
     assert nvml.lib.hcstub_reload_count() == before + 1
     for vgpu in vgpus:
         with pytest.raises(pynvml.NVMLError_GpuIsLost):
@@ -814,3 +859,166 @@ def test_rendered_format(tmp_path: Path) -> None:
     assert "vgpu.0.gpu_instance_id 2\n" in text
     assert "vgpu.3.gpu_instance_id" not in text
     assert f"vgpu.3.vm_id {MIG_VMS[3]}\n" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Field values, GPM, fabric, confidential computing
+
+
+def _fields(h: Any, wanted: list[Any]) -> dict[tuple[int, int], tuple[int, Any]]:
+    values = pynvml.nvmlDeviceGetFieldValues(h, wanted)
+    member = {1: "uiVal", 3: "ullVal"}
+    return {
+        (v.fieldId, v.scopeId): (
+            v.nvmlReturn,
+            getattr(v.value, member[v.valueType]) if v.nvmlReturn == 0 else None,
+        )
+        for v in values
+    }
+
+
+def test_field_values_each_with_its_own_return_code(nvml: Nvml) -> None:
+    scenario = stub.h100_gpm()
+    nvml.start(scenario)
+    h = nvml.handle(0)
+    got = _fields(
+        h,
+        [
+            pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL,
+            pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL,
+            pynvml.NVML_FI_DEV_RETIRED_PENDING,  # fails alone in this scenario
+            pynvml.NVML_FI_DEV_REMAPPED_COR,
+            pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER,
+            pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
+            pynvml.NVML_FI_DEV_POWER_AVERAGE,
+            pynvml.NVML_FI_DEV_POWER_INSTANT,
+            (pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL, 3),
+            (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, 17),
+            (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, 18),  # past the last link
+            9999,  # no such field
+        ],
+    )
+    gpu = scenario["gpus"][0]
+    assert got[(pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, 0)] == (0, gpu["ecc_corrected_volatile"])
+    assert got[(pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL, 0)] == (0, gpu["ecc_uncorrected_aggregate"])
+    assert got[(pynvml.NVML_FI_DEV_RETIRED_PENDING, 0)] == (pynvml.NVML_ERROR_UNKNOWN, None)
+    assert got[(pynvml.NVML_FI_DEV_REMAPPED_COR, 0)] == (0, gpu["remapped_correctable"])
+    assert got[(pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, 0)] == (0, gpu["pcie_replay"])
+    assert got[(pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, 0)] == (0, gpu["energy_mj"])
+    assert got[(pynvml.NVML_FI_DEV_POWER_AVERAGE, 0)] == (0, gpu["power_average_mw"])
+    assert got[(pynvml.NVML_FI_DEV_POWER_INSTANT, 0)] == (0, gpu["power_mw"])
+    link3 = gpu["nvlinks"][3]["crc_flit"]
+    assert got[(pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL, 3)] == (0, link3)
+    assert got[(pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, 17)] == (
+        0,
+        gpu["nvlinks"][17]["rx_kib"],
+    )
+    assert got[(pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, 18)][0] == (
+        pynvml.NVML_ERROR_INVALID_ARGUMENT
+    )
+    assert got[(9999, 0)][0] == pynvml.NVML_ERROR_NOT_SUPPORTED
+
+
+def test_field_values_follow_the_per_call_functions_overrides(nvml: Nvml) -> None:
+    nvml.start(stub.not_supported())  # no ECC, energy, remapped rows, replay counter, NVLink
+    got = _fields(
+        nvml.handle(0),
+        [
+            pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL,
+            pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
+            pynvml.NVML_FI_DEV_REMAPPED_PENDING,
+            pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER,
+            pynvml.NVML_FI_DEV_POWER_AVERAGE,
+            (pynvml.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL, 0),
+        ],
+    )
+    assert {code for code, _ in got.values()} == {pynvml.NVML_ERROR_NOT_SUPPORTED}
+
+
+def test_gpm_samples_and_metrics(nvml: Nvml) -> None:
+    nvml.start(stub.h100_gpm())
+    h = nvml.handle(0)
+    assert pynvml.nvmlGpmQueryDeviceSupport(h).isSupportedDevice == 1
+    live = nvml.lib.hcstub_gpm_samples_live()
+    first, second = pynvml.nvmlGpmSampleAlloc(), pynvml.nvmlGpmSampleAlloc()
+    assert nvml.lib.hcstub_gpm_samples_live() == live + 2
+    pynvml.nvmlGpmSampleGet(h, first)
+    time.sleep(0.01)
+    pynvml.nvmlGpmSampleGet(h, second)
+    request = pynvml.c_nvmlGpmMetricsGet_t()
+    request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+    request.numMetrics = 2
+    request.sample1, request.sample2 = first, second
+    request.metrics[0].metricId = pynvml.NVML_GPM_METRIC_SM_UTIL
+    request.metrics[1].metricId = pynvml.NVML_GPM_METRIC_NVDEC_0_UTIL  # not in the scenario
+    pynvml.nvmlGpmMetricsGet(request)
+    assert (request.metrics[0].nvmlReturn, request.metrics[0].value) == (0, 87.5)
+    assert request.metrics[1].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
+    request.sample1, request.sample2 = second, first  # out of order
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlGpmMetricsGet(request)
+    request.version = 2
+    with pytest.raises(pynvml.NVMLError_ArgumentVersionMismatch):
+        pynvml.nvmlGpmMetricsGet(request)
+    with pytest.raises(pynvml.NVMLError_NotSupported):  # not in MIG mode
+        pynvml.nvmlGpmMigSampleGet(h, 1, first)
+    pynvml.nvmlGpmSampleFree(first)
+    pynvml.nvmlGpmSampleFree(second)
+    assert nvml.lib.hcstub_gpm_samples_live() == live
+
+
+def test_gpm_unsupported_and_per_mig_instance(nvml: Nvml) -> None:
+    nvml.start(stub.a100_no_gpm())
+    h = nvml.handle(0)
+    assert pynvml.nvmlGpmQueryDeviceSupport(h).isSupportedDevice == 0
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlGpmSampleGet(h, _gpm_sample())
+    nvml.write(stub.mig_vgpu_gpm(TENANT_A + TENANT_B))
+    h = nvml.handle(0)
+    a, b = _gpm_sample(), _gpm_sample()
+    pynvml.nvmlGpmMigSampleGet(h, 2, a)
+    with pytest.raises(pynvml.NVMLError_NotFound):  # no such GPU instance
+        pynvml.nvmlGpmMigSampleGet(h, 5, b)
+    time.sleep(0.01)
+    pynvml.nvmlGpmMigSampleGet(h, 2, b)
+    request = pynvml.c_nvmlGpmMetricsGet_t()
+    request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+    request.numMetrics = 1
+    request.sample1, request.sample2 = a, b
+    request.metrics[0].metricId = pynvml.NVML_GPM_METRIC_SM_UTIL
+    pynvml.nvmlGpmMetricsGet(request)
+    assert request.metrics[0].value == 40.0
+    for symbol in MIG_CALLS:  # overridable, and lost with its GPU
+        scenario = stub.mig_vgpu_gpm(TENANT_A + TENANT_B)
+        scenario["gpus"][0]["not_supported"] = [symbol]
+        nvml.write(scenario)
+        with pytest.raises(pynvml.NVMLError_NotSupported):
+            DEVICE_CALLS[symbol](h)
+        lost_gpu_midrun(nvml.path, stub.mig_vgpu_gpm(TENANT_A + TENANT_B), 0)
+        with pytest.raises(pynvml.NVMLError_GpuIsLost):
+            DEVICE_CALLS[symbol](h)
+
+
+def test_fabric_and_conf_compute(nvml: Nvml) -> None:
+    nvml.start(stub.hgx_fabric_degraded())
+    infos = []
+    for i in range(8):
+        info = _fabric_info()
+        pynvml.nvmlDeviceGetGpuFabricInfoV(nvml.handle(i), ctypes.byref(info))
+        infos.append(info)
+    assert {i.state for i in infos} == {pynvml.NVML_GPU_FABRIC_STATE_COMPLETED}
+    assert [i.healthSummary for i in infos].count(3) == 1  # GPU 2: limited capacity
+    assert infos[2].healthMask & 0x3 == pynvml.NVML_GPU_FABRIC_HEALTH_MASK_DEGRADED_BW_TRUE
+    assert infos[6].status == pynvml.NVML_ERROR_NOT_READY
+    old = pynvml.c_nvmlGpuFabricInfo_v3_t()
+    old.version = 1 << 24 | ctypes.sizeof(old)
+    with pytest.raises(pynvml.NVMLError_ArgumentVersionMismatch):
+        pynvml.nvmlDeviceGetGpuFabricInfoV(nvml.handle(0), ctypes.byref(old))
+    state = pynvml.nvmlSystemGetConfComputeState()
+    assert (state.environment, state.ccFeature, state.devToolsMode) == (2, 1, 0)
+    assert pynvml.nvmlSystemGetConfComputeGpusReadyState() == 1
+    nvml.write(stub.eight_gpus())
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetGpuFabricInfoV(nvml.handle(0), ctypes.byref(_fabric_info()))
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlSystemGetConfComputeState()

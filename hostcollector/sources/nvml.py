@@ -18,6 +18,10 @@ NVML API reference):
   (a vGPU using 4 GiB reads as 0).
 - nvmlVgpuInstanceGetGpuPciId is the vGPU's address inside the guest, not the host VF: a vGPU is
   joined to its VM by mdev UUID or by the VM id the driver gives (the domain UUID on KVM).
+- The counters (ECC, retired pages, remapped rows, PCIe replays and recoveries, NVLink errors and
+  throughput per link, energy, power) come from one nvmlDeviceGetFieldValues call per GPU per
+  poll, each field with its own return code (nvml_fields.py); GPM profiling metrics from two
+  samples across the poll interval (nvml_gpm.py).
 """
 
 from __future__ import annotations
@@ -33,8 +37,18 @@ from typing import Any
 
 from hostcollector.config import NvmlConfig
 from hostcollector.errors import SourceError
-from hostcollector.model import GpuStats, NvmlSample, PcieHealth, VgpuStats
+from hostcollector.model import (
+    ConfCompute,
+    FabricInfo,
+    GpmInstance,
+    GpuStats,
+    NvmlSample,
+    PcieHealth,
+    VgpuStats,
+)
+from hostcollector.sources import nvml_fields as fi
 from hostcollector.sources.gpu_sysfs import scan_nvidia_gpus
+from hostcollector.sources.nvml_gpm import GpmSampler, Target
 from hostcollector.sources.worker import BlockingLane
 
 log = logging.getLogger(__name__)
@@ -75,6 +89,10 @@ class _State:
     registered: set[str] = field(default_factory=set)
     xids: dict[str, Counter[int]] = field(default_factory=dict)
     identity: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (uuid, pci)
+    nvlinks: dict[str, int] = field(default_factory=dict)  # uuid -> links, found once per init
+    # uuid -> (field or call, NVML error) -> answers other than NOT_SUPPORTED since the start
+    errors: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
+    gpm: GpmSampler = field(default_factory=GpmSampler)
 
 
 class NvmlSource:
@@ -113,11 +131,18 @@ class NvmlSource:
                 self._shutdown()
                 self._schedule_reinit(f"NVML needs re-initialising: {exc}")
                 available = False
+        conf_compute = self._conf_compute() if available else None
         gpus = self._merge(nvml_gpus, pci)
         raw = None
         if self._record_raw:
             raw = {"nvml_available": available, "gpus": [asdict(g) for g in gpus]}
-        return NvmlSample(available, self._state.driver_version if available else None, gpus, raw)
+        return NvmlSample(
+            available,
+            self._state.driver_version if available else None,
+            gpus,
+            raw,
+            conf_compute,
+        )
 
     def _nvml(self) -> Any:
         if self._pynvml is None:
@@ -158,6 +183,7 @@ class NvmlSource:
         state.initialized = True
         state.backoff = 0.0
         state.registered.clear()
+        state.nvlinks.clear()
         if state.last_error is not None:
             log.info(
                 "NVML initialised again (driver %s)", state.driver_version, extra={"source": "nvml"}
@@ -186,6 +212,7 @@ class NvmlSource:
         if not state.initialized:
             return
         nv = self._pynvml
+        state.gpm.close(nv)  # before nvmlShutdown: the buffers are the library's
         try:
             if state.event_set is not None:
                 nv.nvmlEventSetFree(state.event_set)
@@ -202,14 +229,40 @@ class NvmlSource:
         except nv.NVMLError as exc:
             raise _Reinit(str(exc)) from exc
         gpus = []
+        targets: list[Target] = []
         for index in range(count):
+            started = time.monotonic()
             try:
-                gpus.append(self._read_gpu(index))
+                gpu, handle = self._read_gpu(index)
             except _Lost:
                 uuid, pci = self._state.identity.get(index, ("", ""))
                 log.debug("GPU %d (%s) is lost", index, uuid or "unknown")
+                self._state.gpm.drop_gpu(nv, uuid)
                 gpus.append(GpuStats(pci_address=pci, nvml_visible=True, uuid=uuid, lost=True))
-        return gpus
+                continue
+            gpus.append(replace(gpu, nvml_duration_seconds=time.monotonic() - started))
+            if gpu.gpm_supported:
+                targets.append(Target((gpu.uuid, None), handle))
+                # GPU instances of MIG-backed vGPUs: the ones a tenant's VM holds.
+                instances = {v.gpu_instance_id for v in gpu.vgpus if v.gpu_instance_id is not None}
+                targets += [Target((gpu.uuid, gi), handle) for gi in sorted(instances)]
+        return self._with_gpm(gpus, targets)
+
+    def _with_gpm(self, gpus: list[GpuStats], targets: list[Target]) -> list[GpuStats]:
+        """Each GPM-capable GPU with its metrics, the whole GPU's and its GPU instances'."""
+        metrics = self._state.gpm.collect(self._pynvml, targets)
+        if not metrics:
+            return gpus
+        out = []
+        for gpu in gpus:
+            instances = tuple(
+                GpmInstance(gi, metrics[(uuid, gi)])
+                for uuid, gi in sorted(k for k in metrics if k[0] == gpu.uuid and k[1] is not None)
+                if gi is not None
+            )
+            whole = metrics.get((gpu.uuid, None))
+            out.append(replace(gpu, gpm=whole, gpm_instances=instances))
+        return out
 
     def _call(self, fn: Any, *args: Any) -> Any:
         """One NVML read: None where unsupported; _Lost / _Reinit where the GPU or NVML is gone."""
@@ -229,7 +282,7 @@ class NvmlSource:
             log.debug("%s: %s", getattr(fn, "__name__", fn), exc)
             return None
 
-    def _read_gpu(self, index: int) -> GpuStats:
+    def _read_gpu(self, index: int) -> tuple[GpuStats, Any]:
         nv = self._pynvml
         call = self._call
         handle = call(nv.nvmlDeviceGetHandleByIndex, index)
@@ -244,17 +297,21 @@ class NvmlSource:
             nv.nvmlDeviceGetMemoryInfo, handle
         )
         power = call(nv.nvmlDeviceGetPowerUsage, handle)
-        energy = call(nv.nvmlDeviceGetTotalEnergyConsumption, handle)
+        fields = self._fields(handle, uuid)
+        energy = fields.get(fi.TOTAL_ENERGY_CONSUMPTION)
+        average = fields.get(fi.POWER_AVERAGE)
+        instant = fields.get(fi.POWER_INSTANT)
+        links = self._state.nvlinks.get(uuid, 0)
         sm_clock = call(nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_SM)
         mem_clock = call(nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_MEM)
         tx = call(nv.nvmlDeviceGetPcieThroughput, handle, nv.NVML_PCIE_UTIL_TX_BYTES)
         rx = call(nv.nvmlDeviceGetPcieThroughput, handle, nv.NVML_PCIE_UTIL_RX_BYTES)
         persistence = call(nv.nvmlDeviceGetPersistenceMode, handle)
         mig = call(nv.nvmlDeviceGetMigMode, handle)
-        remapped = call(nv.nvmlDeviceGetRemappedRows, handle)
         vgpus = self._vgpus(handle, uuid)
         scheduler = call(nv.nvmlDeviceGetVgpuSchedulerState, handle) if vgpus else None
-        return GpuStats(
+        gpm = call(nv.nvmlGpmQueryDeviceSupport, handle)
+        gpu = GpuStats(
             pci_address=pci,
             nvml_visible=True,
             uuid=uuid,
@@ -277,16 +334,30 @@ class NvmlSource:
             decoder_utilization_ratio=self._utilization(
                 handle, uuid, nv.NVML_DEC_UTILIZATION_SAMPLES
             ),
-            ecc_errors=self._ecc(handle),
+            ecc_errors=tuple(
+                (error, counter, int(value))
+                for field_id, error, counter in (
+                    (fi.ECC_SBE_VOL_TOTAL, "corrected", "volatile"),
+                    (fi.ECC_SBE_AGG_TOTAL, "corrected", "aggregate"),
+                    (fi.ECC_DBE_VOL_TOTAL, "uncorrected", "volatile"),
+                    (fi.ECC_DBE_AGG_TOTAL, "uncorrected", "aggregate"),
+                )
+                if (value := fields.get(field_id)) is not None
+            ),
             remapped_rows=tuple(
-                zip(("correctable", "uncorrectable", "pending", "failure"), remapped, strict=True)
-            )
-            if remapped is not None
-            else (),
-            pcie_replays=call(nv.nvmlDeviceGetPcieReplayCounter, handle),
+                (kind, int(value))
+                for field_id, kind in (
+                    (fi.REMAPPED_COR, "correctable"),
+                    (fi.REMAPPED_UNC, "uncorrectable"),
+                    (fi.REMAPPED_PENDING, "pending"),
+                    (fi.REMAPPED_FAILURE, "failure"),
+                )
+                if (value := fields.get(field_id)) is not None
+            ),
+            pcie_replays=_int(fields.get(fi.PCIE_REPLAY_COUNTER)),
             pcie_transmit_bytes_per_second=tx * KIB if tx is not None else None,
             pcie_receive_bytes_per_second=rx * KIB if rx is not None else None,
-            nvlink_errors=self._nvlink(handle),
+            nvlink_errors=tuple(fi.link_values(fields, fi.LINK_ERROR_FIELDS, links)),
             xid_errors=self._xids(handle, uuid),
             persistence_mode=bool(persistence) if persistence is not None else None,
             compute_mode=call(nv.nvmlDeviceGetComputeMode, handle),
@@ -294,6 +365,96 @@ class NvmlSource:
             vgpus=vgpus,
             vgpu_scheduler_policy=scheduler.schedulerPolicy if scheduler is not None else None,
             vgpu_scheduler_arr_mode=scheduler.arrMode if scheduler is not None else None,
+            retired_pages=tuple(
+                (cause, int(value))
+                for field_id, cause in (
+                    (fi.RETIRED_SBE, "single_bit"),
+                    (fi.RETIRED_DBE, "double_bit"),
+                )
+                if (value := fields.get(field_id)) is not None
+            ),
+            retired_pages_pending=fields.flag(fi.RETIRED_PENDING),
+            pcie_replay_rollovers=_int(fields.get(fi.PCIE_REPLAY_ROLLOVER_COUNTER)),
+            pcie_l0_to_recovery=_int(fields.get(fi.PCIE_L0_TO_RECOVERY_COUNTER)),
+            power_average_watts=average / 1000 if average is not None else None,
+            power_instant_watts=instant / 1000 if instant is not None else None,
+            nvlink_data_bytes=tuple(
+                (link, direction, kib * KIB)
+                for link, direction, kib in fi.link_values(fields, fi.LINK_THROUGHPUT_FIELDS, links)
+            ),
+            nvml_errors=tuple(
+                (name, error, n)
+                for (name, error), n in sorted(self._state.errors.get(uuid, Counter()).items())
+            ),
+            gpm_supported=bool(gpm.isSupportedDevice) if gpm is not None else None,
+            fabric=self._fabric(handle),
+        )
+        return gpu, handle
+
+    def _fields(self, handle: Any, uuid: str) -> fi.FieldReadings:
+        """The poll's one nvmlDeviceGetFieldValues call; each failing field counted alone."""
+        nv = self._pynvml
+        state = self._state
+        if uuid not in state.nvlinks:
+            state.nvlinks[uuid] = self._nvlink_count(handle)
+        counts = state.errors.setdefault(uuid, Counter())
+        try:
+            values = nv.nvmlDeviceGetFieldValues(handle, fi.request(state.nvlinks[uuid]))
+        except nv.NVMLError_GpuIsLost as exc:
+            raise _Lost from exc
+        except (
+            nv.NVMLError_Uninitialized,
+            nv.NVMLError_DriverNotLoaded,
+            nv.NVMLError_LibRmVersionMismatch,
+        ) as exc:
+            raise _Reinit(str(exc)) from exc
+        except nv.NVMLError as exc:
+            if exc.value != nv.NVML_ERROR_NOT_SUPPORTED:
+                counts[("field_values", _error_name(nv, exc.value))] += 1
+            return fi.FieldReadings({}, ())
+        readings = fi.parse(values, lambda code: _error_name(nv, code))
+        counts.update(readings.errors)
+        return readings
+
+    def _nvlink_count(self, handle: Any) -> int:
+        """Links until the first that NVML does not know (none: no NVLink); the count of a
+        GPU's links does not change while the driver runs."""
+        nv = self._pynvml
+        links = 0
+        while links < nv.NVML_NVLINK_MAX_LINKS:
+            if self._call(nv.nvmlDeviceGetNvLinkState, handle, links) is None:
+                break
+            links += 1
+        return links
+
+    def _fabric(self, handle: Any) -> FabricInfo | None:
+        nv = self._pynvml
+        info = nv.c_nvmlGpuFabricInfo_v3_t()
+        info.version = nv.nvmlGpuFabricInfo_v3
+        if self._call(nv.nvmlDeviceGetGpuFabricInfoV, handle, ctypes.byref(info)) is None:
+            return None  # NOT_SUPPORTED: no NVSwitch fabric (or a driver before v3)
+        return FabricInfo(
+            state=int(info.state),
+            status=int(info.status),
+            clique_id=int(info.cliqueId),
+            health_mask=int(info.healthMask),
+            health_summary=int(info.healthSummary),
+        )
+
+    def _conf_compute(self) -> ConfCompute | None:
+        nv = self._pynvml
+        try:
+            state = self._call(nv.nvmlSystemGetConfComputeState)
+            ready = self._call(nv.nvmlSystemGetConfComputeGpusReadyState) if state else None
+        except (_Lost, _Reinit):
+            return None
+        if state is None:
+            return None  # NOT_SUPPORTED: no confidential computing here
+        return ConfCompute(
+            environment=int(state.environment),
+            feature=int(state.ccFeature),
+            devtools_mode=int(state.devToolsMode),
+            gpus_ready=bool(ready) if ready is not None else None,
         )
 
     def _utilization(self, handle: Any, uuid: str, kind: int) -> float | None:
@@ -316,40 +477,6 @@ class NvmlSource:
         ratio: float = sum(s.sampleValue.uiVal for s in samples) / len(samples) / 100
         self._state.last_ratio[key] = ratio
         return ratio
-
-    def _ecc(self, handle: Any) -> tuple[tuple[str, str, int], ...]:
-        nv = self._pynvml
-        found = []
-        for error, error_name in (
-            (nv.NVML_MEMORY_ERROR_TYPE_CORRECTED, "corrected"),
-            (nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, "uncorrected"),
-        ):
-            for counter, counter_name in (
-                (nv.NVML_VOLATILE_ECC, "volatile"),
-                (nv.NVML_AGGREGATE_ECC, "aggregate"),
-            ):
-                value = self._call(nv.nvmlDeviceGetTotalEccErrors, handle, error, counter)
-                if value is not None:
-                    found.append((error_name, counter_name, int(value)))
-        return tuple(found)
-
-    def _nvlink(self, handle: Any) -> tuple[tuple[int, str, int], ...]:
-        nv = self._pynvml
-        counters = (
-            (nv.NVML_NVLINK_ERROR_DL_REPLAY, "replay"),
-            (nv.NVML_NVLINK_ERROR_DL_RECOVERY, "recovery"),
-            (nv.NVML_NVLINK_ERROR_DL_CRC_FLIT, "crc_flit"),
-            (nv.NVML_NVLINK_ERROR_DL_CRC_DATA, "crc_data"),
-        )
-        found = []
-        for link in range(nv.NVML_NVLINK_MAX_LINKS):
-            if self._call(nv.nvmlDeviceGetNvLinkState, handle, link) is None:
-                break  # no NVLink, or past the last link
-            for counter, name in counters:
-                value = self._call(nv.nvmlDeviceGetNvLinkErrorCounter, handle, link, counter)
-                if value is not None:
-                    found.append((link, name, int(value)))
-        return tuple(found)
 
     def _xids(self, handle: Any, uuid: str) -> tuple[tuple[int, int], ...]:
         """Xid events since the collector started, counted per Xid (drained every poll)."""
@@ -522,6 +649,18 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _int(value: float | int | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _error_name(nv: Any, code: int) -> str:
+    """NVML_ERROR_UNKNOWN -> "unknown": the label value of an error."""
+    for name in dir(nv):
+        if name.startswith("NVML_ERROR_") and getattr(nv, name) == code:
+            return name.removeprefix("NVML_ERROR_").lower()
+    return str(code)
 
 
 def _optional(nv: Any, fn: Any, *args: Any) -> Any:

@@ -123,13 +123,16 @@ def domain_xml(name: str, uuid: str, devices: list[str]) -> str:
 def nvml_scenario() -> dict[str, Any]:
     host = stub.vgpu_host([A1, D0], [B1, C1])
     host["gpus"][1]["pci_bus_id"] = "00000000:3D:00.0"  # 3b:00.0 is a NIC's PF in `everything`
-    mig = stub.mig_vgpu([A1, C1, NOT_HERE, D0])
-    h100 = stub.eight_gpus()["gpus"][0]
+    # Hopper in MIG mode: GPM per GPU instance, each attributed to its vGPU's VM
+    mig = stub.mig_vgpu_gpm([A1, C1, NOT_HERE, D0])
+    # GPM, field values (one failing alone), a fabric registration
+    h100 = stub.h100_gpm()["gpus"][0]
     del h100["uuid"]  # the stand-in's default, by index: eight_gpus' GPU 0 has the A40's
     scenario = {
         "vgpu_manager": True,
         "driver_version": "550.54.15",
         "gpus": [*host["gpus"], mig["gpus"][0], h100],
+        "conf_compute": {"environment": 2, "cc_feature": 0, "devtools_mode": 0, "gpus_ready": 1},
     }
     loaded: dict[str, Any] = json.loads(json.dumps(scenario))  # tuples -> lists, as in the file
     return loaded

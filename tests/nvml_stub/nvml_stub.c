@@ -39,6 +39,9 @@
 #define HC_MAX_ERRORS 32
 #define HC_NSAMPLE_TYPES 4 /* GPU, MEMORY, ENC, DEC utilization */
 #define HC_STR 128
+#define HC_MAX_FIELD_ERRORS 32
+#define HC_MAX_GPM 32 /* GPM metric values per GPU, and per GPU instance */
+#define HC_MAX_GPU_INSTANCES 8
 #define HC_LINE 4096
 
 struct hc_err {
@@ -59,6 +62,25 @@ struct hc_vsample {
 struct hc_link {
     unsigned int active;
     unsigned long long counter[NVML_NVLINK_ERROR_COUNT];
+    unsigned long long tx_kib, rx_kib; /* NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX/RX */
+};
+
+struct hc_field_error {
+    unsigned int field_id;
+    nvmlReturn_t code;
+};
+
+struct hc_gpm_value {
+    unsigned int metric_id;
+    double value;
+};
+
+/* The GPM metrics of the whole GPU (gpu_instance_id 0xFFFFFFFF) or of one MIG GPU instance:
+ * what nvmlGpmMetricsGet answers for two samples of it, whatever their interval. */
+struct hc_gpm_set {
+    unsigned int gpu_instance_id;
+    unsigned int count;
+    struct hc_gpm_value values[HC_MAX_GPM];
 };
 
 struct hc_xid {
@@ -91,6 +113,20 @@ struct hc_gpu {
     int lost, handle_lost;
     unsigned int nerrors;
     struct hc_err errors[HC_MAX_ERRORS];
+    /* Field values only nvmlDeviceGetFieldValues reads. */
+    unsigned long long retired[3]; /* SBE pages, DBE pages, pending (0/1) */
+    unsigned int pcie_replay_rollover, pcie_l0_to_recovery, power_average_mw;
+    int has_power_average;
+    unsigned int nfield_errors;
+    struct hc_field_error field_errors[HC_MAX_FIELD_ERRORS];
+    /* GPM: supported at all, then the whole GPU's set and one per MIG GPU instance. */
+    unsigned int gpm_supported;
+    unsigned int ngpm_sets;
+    struct hc_gpm_set gpm_sets[1 + HC_MAX_GPU_INSTANCES];
+    /* nvmlDeviceGetGpuFabricInfoV; has_fabric 0: NOT_SUPPORTED (no NVSwitch fabric). */
+    int has_fabric;
+    unsigned int fabric_state, fabric_status, fabric_clique_id, fabric_health_mask,
+        fabric_health_summary;
 };
 
 struct hc_vgpu {
@@ -126,6 +162,9 @@ struct hc_scenario {
     struct hc_gpu gpus[HC_MAX_GPUS];
     unsigned int vgpu_count;
     struct hc_vgpu vgpus[HC_MAX_VGPUS];
+    /* nvmlSystemGetConfComputeState / ...GpusReadyState; has_cc 0: NOT_SUPPORTED. */
+    int has_cc;
+    unsigned int cc_environment, cc_feature, cc_devtools_mode, cc_gpus_ready;
 };
 
 /* Opaque handle types of nvml.h, defined here. */
@@ -462,6 +501,83 @@ static int hc_gpu_key(struct hc_parse *p, const char *key, const char *field, co
     }
     if (strcmp(field, "error") == 0)
         return hc_error_line(p, key, v, g->errors, &g->nerrors);
+    U64("retired_sbe", g->retired[0]);
+    U64("retired_dbe", g->retired[1]);
+    U64("retired_pending", g->retired[2]);
+    U32("pcie_replay_rollover", g->pcie_replay_rollover);
+    U32("pcie_l0_to_recovery", g->pcie_l0_to_recovery);
+    if (strcmp(field, "power_average_mw") == 0) {
+        g->has_power_average = 1;
+        return hc_uint(p, key, v, &g->power_average_mw);
+    }
+    if (strncmp(field, "nvlink_throughput.", 18) == 0) {
+        char *end;
+        unsigned long link = strtoul(field + 18, &end, 10);
+        if (end == field + 18 || *end != '\0' || link >= NVML_NVLINK_MAX_LINKS)
+            return hc_fail(p, "%s: bad link number", key);
+        if (hc_ulls(v, t, 2) != 0)
+            return hc_fail(p, "%s: expected '<tx_kib> <rx_kib>', got '%s'", key, v);
+        g->links[link].tx_kib = t[0];
+        g->links[link].rx_kib = t[1];
+        return 0;
+    }
+    if (strcmp(field, "field_error") == 0) {
+        char *sp = strchr(v, ' ');
+        unsigned int id;
+        if (!sp)
+            return hc_fail(p, "%s: expected '<field id> <error>', got '%s'", key, v);
+        *sp = '\0';
+        if (hc_uint(p, key, v, &id) != 0)
+            return -1;
+        if (g->nfield_errors >= HC_MAX_FIELD_ERRORS)
+            return hc_fail(p, "%s: more than %d field errors", key, HC_MAX_FIELD_ERRORS);
+        g->field_errors[g->nfield_errors].field_id = id;
+        if (hc_code(p, key, sp + 1, &g->field_errors[g->nfield_errors].code) != 0)
+            return -1;
+        g->nfield_errors++;
+        return 0;
+    }
+    U32("gpm_supported", g->gpm_supported);
+    if (strcmp(field, "gpm") == 0) {
+        /* gpm <gpu_instance_id|whole> <metric_id> <value> */
+        char gi_text[32];
+        unsigned int metric;
+        double value;
+        int used = 0;
+        if (sscanf(v, "%31s %u %lf%n", gi_text, &metric, &value, &used) != 3 || v[used] != '\0')
+            return hc_fail(p, "%s: expected '<gpu_instance_id|whole> <metric id> <value>'", key);
+        unsigned int gi = 0xFFFFFFFFu;
+        if (strcmp(gi_text, "whole") != 0 && hc_uint(p, key, gi_text, &gi) != 0)
+            return -1;
+        struct hc_gpm_set *set = NULL;
+        for (unsigned int i = 0; i < g->ngpm_sets; i++)
+            if (g->gpm_sets[i].gpu_instance_id == gi)
+                set = &g->gpm_sets[i];
+        if (!set) {
+            if (g->ngpm_sets >= 1 + HC_MAX_GPU_INSTANCES)
+                return hc_fail(p, "%s: more than %d GPM sets", key, 1 + HC_MAX_GPU_INSTANCES);
+            set = &g->gpm_sets[g->ngpm_sets++];
+            set->gpu_instance_id = gi;
+        }
+        if (set->count >= HC_MAX_GPM)
+            return hc_fail(p, "%s: more than %d GPM metrics", key, HC_MAX_GPM);
+        set->values[set->count].metric_id = metric;
+        set->values[set->count].value = value;
+        set->count++;
+        return 0;
+    }
+    if (strcmp(field, "fabric") == 0) {
+        if (hc_ulls(v, t, 5) != 0)
+            return hc_fail(p, "%s: expected '<state> <status> <clique> <health mask> "
+                              "<health summary>'", key);
+        g->has_fabric = 1;
+        g->fabric_state = (unsigned int)t[0];
+        g->fabric_status = (unsigned int)t[1];
+        g->fabric_clique_id = (unsigned int)t[2];
+        g->fabric_health_mask = (unsigned int)t[3];
+        g->fabric_health_summary = (unsigned int)t[4];
+        return 0;
+    }
 #undef U32
 #undef U64
     return hc_fail(p, "unknown key '%s'", key);
@@ -621,6 +737,18 @@ static int hc_line(struct hc_parse *p, struct hc_scenario *s, char *line, unsign
     }
     if (strcmp(key, "error") == 0)
         return hc_error_line(p, key, v, s->errors, &s->nerrors);
+    if (strcmp(key, "conf_compute") == 0) {
+        unsigned long long t[4];
+        if (hc_ulls(v, t, 4) != 0)
+            return hc_fail(p, "%s: expected '<environment> <ccFeature> <devToolsMode> "
+                              "<gpus ready>'", key);
+        s->has_cc = 1;
+        s->cc_environment = (unsigned int)t[0];
+        s->cc_feature = (unsigned int)t[1];
+        s->cc_devtools_mode = (unsigned int)t[2];
+        s->cc_gpus_ready = (unsigned int)t[3];
+        return 0;
+    }
     return hc_fail(p, "unknown key '%s'", key);
 }
 
@@ -1575,12 +1703,348 @@ HC_EXPORT nvmlReturn_t nvmlDeviceGetVgpuSchedulerState(nvmlDevice_t device,
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Field values (nvmlDeviceGetFieldValues): many reads in one call, each with its own return     */
+/* code. A field served by an older per-call function answers with that function's override   */
+/* (a GPU without ECC: NOT_SUPPORTED for the ECC fields too); field_error overrides one field.  */
+
+static nvmlReturn_t hc_field_override(const struct hc_gpu *g, unsigned int field_id,
+                                      const char *sym)
+{
+    for (unsigned int i = 0; i < g->nfield_errors; i++)
+        if (g->field_errors[i].field_id == field_id)
+            return g->field_errors[i].code;
+    if (sym) {
+        nvmlReturn_t rc = hc_override(hc_scn->errors, hc_scn->nerrors, sym);
+        return rc != NVML_SUCCESS ? rc : hc_override(g->errors, g->nerrors, sym);
+    }
+    return NVML_SUCCESS;
+}
+
+/* A per-link field: the link is the scopeId (nvml.h: "Link ID needs to be specified in the
+ * scopeId field"); no NVLink at all is NOT_SUPPORTED, a link past the last INVALID_ARGUMENT. */
+static nvmlReturn_t hc_link_of(const struct hc_gpu *g, unsigned int scope,
+                               const struct hc_link **link)
+{
+    if (g->nvlink_count == 0)
+        return NVML_ERROR_NOT_SUPPORTED;
+    if (scope >= g->nvlink_count)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *link = &g->links[scope];
+    return NVML_SUCCESS;
+}
+
+static void hc_field(const struct hc_gpu *g, nvmlFieldValue_t *f)
+{
+    const struct hc_link *link = NULL;
+    unsigned long long ull = 0;
+    unsigned int ui = 0;
+    int is_uint = 0;
+    nvmlReturn_t rc = NVML_SUCCESS;
+    const char *sym = NULL;
+    int nvlink_counter = -1;
+    switch (f->fieldId) {
+    case NVML_FI_DEV_ECC_SBE_VOL_TOTAL:
+    case NVML_FI_DEV_ECC_DBE_VOL_TOTAL:
+    case NVML_FI_DEV_ECC_SBE_AGG_TOTAL:
+    case NVML_FI_DEV_ECC_DBE_AGG_TOTAL: {
+        unsigned int id = f->fieldId - NVML_FI_DEV_ECC_SBE_VOL_TOTAL;
+        sym = "nvmlDeviceGetTotalEccErrors";
+        ull = g->ecc[id % 2 ? NVML_MEMORY_ERROR_TYPE_UNCORRECTED : NVML_MEMORY_ERROR_TYPE_CORRECTED]
+                    [id / 2 ? NVML_AGGREGATE_ECC : NVML_VOLATILE_ECC];
+        break;
+    }
+    case NVML_FI_DEV_RETIRED_SBE:
+    case NVML_FI_DEV_RETIRED_DBE:
+    case NVML_FI_DEV_RETIRED_PENDING:
+        ull = g->retired[f->fieldId - NVML_FI_DEV_RETIRED_SBE];
+        break;
+    case NVML_FI_DEV_REMAPPED_COR:
+    case NVML_FI_DEV_REMAPPED_UNC:
+    case NVML_FI_DEV_REMAPPED_PENDING:
+    case NVML_FI_DEV_REMAPPED_FAILURE:
+        sym = "nvmlDeviceGetRemappedRows";
+        /* As nvmlDeviceGetRemappedRows: not served while MIG is on (nvml.h). */
+        if (g->mig_mode)
+            rc = NVML_ERROR_NOT_SUPPORTED;
+        ui = g->remapped[f->fieldId - NVML_FI_DEV_REMAPPED_COR];
+        is_uint = 1;
+        break;
+    case NVML_FI_DEV_PCIE_REPLAY_COUNTER:
+        sym = "nvmlDeviceGetPcieReplayCounter";
+        ui = g->pcie_replay;
+        is_uint = 1;
+        break;
+    case NVML_FI_DEV_PCIE_REPLAY_ROLLOVER_COUNTER:
+        ui = g->pcie_replay_rollover;
+        is_uint = 1;
+        break;
+    case NVML_FI_DEV_PCIE_L0_TO_RECOVERY_COUNTER:
+        ui = g->pcie_l0_to_recovery;
+        is_uint = 1;
+        break;
+    case NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+        sym = "nvmlDeviceGetTotalEnergyConsumption";
+        ull = g->energy_mj;
+        break;
+    case NVML_FI_DEV_POWER_INSTANT:
+        sym = "nvmlDeviceGetPowerUsage";
+        ui = g->power_mw;
+        is_uint = 1;
+        break;
+    case NVML_FI_DEV_POWER_AVERAGE:
+        /* nvml.h: Ampere (except GA100) or newer. */
+        if (!g->has_power_average)
+            rc = NVML_ERROR_NOT_SUPPORTED;
+        ui = g->power_average_mw;
+        is_uint = 1;
+        break;
+    case NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL:
+        nvlink_counter = NVML_NVLINK_ERROR_DL_REPLAY;
+        break;
+    case NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL:
+        nvlink_counter = NVML_NVLINK_ERROR_DL_RECOVERY;
+        break;
+    case NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL:
+        nvlink_counter = NVML_NVLINK_ERROR_DL_CRC_FLIT;
+        break;
+    case NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL:
+        nvlink_counter = NVML_NVLINK_ERROR_DL_CRC_DATA;
+        break;
+    case NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX:
+    case NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX:
+        rc = hc_link_of(g, f->scopeId, &link);
+        if (rc == NVML_SUCCESS)
+            ull = f->fieldId == NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX ? link->tx_kib : link->rx_kib;
+        break;
+    default:
+        rc = NVML_ERROR_NOT_SUPPORTED;
+    }
+    if (nvlink_counter >= 0) {
+        sym = "nvmlDeviceGetNvLinkErrorCounter";
+        rc = hc_link_of(g, f->scopeId, &link);
+        if (rc == NVML_SUCCESS)
+            ull = link->counter[nvlink_counter];
+    }
+    if (rc == NVML_SUCCESS)
+        rc = hc_field_override(g, f->fieldId, sym);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    f->timestamp = (long long)now.tv_sec * 1000000 + now.tv_nsec / 1000;
+    f->latencyUsec = 0;
+    f->nvmlReturn = rc;
+    memset(&f->value, 0, sizeof(f->value));
+    if (is_uint) {
+        f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+        f->value.uiVal = ui;
+    } else {
+        f->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        f->value.ullVal = ull;
+    }
+}
+
+HC_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount,
+                                                nvmlFieldValue_t *values)
+{
+    ENTER_DEVICE(device, __func__, g);
+    if (!values || valuesCount < 0)
+        DONE(NVML_ERROR_INVALID_ARGUMENT);
+    for (int i = 0; i < valuesCount; i++)
+        hc_field(g, &values[i]);
+    DONE(NVML_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* GPM (Hopper and newer): a sample is a snapshot of the GPU's (or one GPU instance's) counters; */
+/* nvmlGpmMetricsGet turns two of them into metrics over the interval between them.            */
+
+#define HC_GPM_SAMPLE_MAGIC 0x47504d53u /* "GPMS" */
+
+struct nvmlGpmSample_st {
+    unsigned int magic;
+    int filled;
+    unsigned int device_index, gpu_instance_id; /* 0xFFFFFFFF: the whole GPU */
+    unsigned long long taken_ns;
+};
+
+static unsigned int hc_gpm_live; /* allocated and not yet freed, for the leak tests */
+
+static int hc_sample_ok(nvmlGpmSample_t sample)
+{
+    return sample && sample->magic == HC_GPM_SAMPLE_MAGIC;
+}
+
+HC_EXPORT nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t device, nvmlGpmSupport_t *gpmSupport)
+{
+    ENTER_DEVICE(device, __func__, g);
+    if (!gpmSupport)
+        DONE(NVML_ERROR_INVALID_ARGUMENT);
+    if (gpmSupport->version != NVML_GPM_SUPPORT_VERSION)
+        DONE(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    gpmSupport->isSupportedDevice = g->gpm_supported ? 1 : 0;
+    DONE(NVML_SUCCESS);
+}
+
+HC_EXPORT nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *gpmSample)
+{
+    ENTER(__func__);
+    if (!gpmSample)
+        DONE(NVML_ERROR_INVALID_ARGUMENT);
+    struct nvmlGpmSample_st *sample = calloc(1, sizeof(*sample));
+    if (!sample)
+        DONE(NVML_ERROR_MEMORY);
+    sample->magic = HC_GPM_SAMPLE_MAGIC;
+    hc_gpm_live++;
+    *gpmSample = sample;
+    DONE(NVML_SUCCESS);
+}
+
+HC_EXPORT nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t gpmSample)
+{
+    ENTER(__func__);
+    if (!hc_sample_ok(gpmSample))
+        DONE(NVML_ERROR_INVALID_ARGUMENT);
+    gpmSample->magic = 0;
+    free(gpmSample);
+    hc_gpm_live--;
+    DONE(NVML_SUCCESS);
+}
+
+static nvmlReturn_t hc_gpm_take(nvmlDevice_t device, const struct hc_gpu *g, unsigned int gi,
+                                nvmlGpmSample_t sample)
+{
+    if (!hc_sample_ok(sample))
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (!g->gpm_supported)
+        return NVML_ERROR_NOT_SUPPORTED;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    sample->filled = 1;
+    sample->device_index = device->index;
+    sample->gpu_instance_id = gi;
+    sample->taken_ns = (unsigned long long)now.tv_sec * 1000000000ULL + now.tv_nsec;
+    return NVML_SUCCESS;
+}
+
+HC_EXPORT nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t gpmSample)
+{
+    ENTER_DEVICE(device, __func__, g);
+    DONE(hc_gpm_take(device, g, 0xFFFFFFFFu, gpmSample));
+}
+
+HC_EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t device, unsigned int gpuInstanceId,
+                                           nvmlGpmSample_t gpmSample)
+{
+    ENTER_DEVICE(device, __func__, g);
+    if (!g->mig_mode)
+        DONE(NVML_ERROR_NOT_SUPPORTED);
+    int known = 0;
+    for (unsigned int i = 0; i < g->ngpm_sets; i++)
+        known |= g->gpm_sets[i].gpu_instance_id == gpuInstanceId;
+    if (!known || gpuInstanceId == 0xFFFFFFFFu)
+        DONE(NVML_ERROR_NOT_FOUND);
+    DONE(hc_gpm_take(device, g, gpuInstanceId, gpmSample));
+}
+
+HC_EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *metricsGet)
+{
+    ENTER(__func__);
+    if (!metricsGet)
+        DONE(NVML_ERROR_INVALID_ARGUMENT);
+    if (metricsGet->version != NVML_GPM_METRICS_GET_VERSION)
+        DONE(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    nvmlGpmSample_t a = metricsGet->sample1, b = metricsGet->sample2;
+    if (metricsGet->numMetrics > NVML_GPM_METRIC_MAX || !hc_sample_ok(a) || !hc_sample_ok(b) ||
+        !a->filled || !b->filled || a->device_index != b->device_index ||
+        a->gpu_instance_id != b->gpu_instance_id || b->taken_ns <= a->taken_ns ||
+        a->device_index >= hc_scn->gpu_count)
+        DONE(NVML_ERROR_INVALID_ARGUMENT);
+    const struct hc_gpu *g = &hc_scn->gpus[a->device_index];
+    if (g->lost)
+        DONE(NVML_ERROR_GPU_IS_LOST);
+    const struct hc_gpm_set *set = NULL;
+    for (unsigned int i = 0; i < g->ngpm_sets; i++)
+        if (g->gpm_sets[i].gpu_instance_id == a->gpu_instance_id)
+            set = &g->gpm_sets[i];
+    for (unsigned int m = 0; m < metricsGet->numMetrics; m++) {
+        nvmlGpmMetric_t *metric = &metricsGet->metrics[m];
+        metric->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        metric->value = 0;
+        metric->metricInfo.shortName = metric->metricInfo.longName = metric->metricInfo.unit =
+            NULL;
+        for (unsigned int k = 0; set && k < set->count; k++)
+            if (set->values[k].metric_id == metric->metricId) {
+                metric->nvmlReturn = NVML_SUCCESS;
+                metric->value = set->values[k].value;
+            }
+    }
+    DONE(NVML_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* NVSwitch fabric and confidential computing                                                 */
+
+HC_EXPORT nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(nvmlDevice_t device,
+                                                   nvmlGpuFabricInfoV_t *gpuFabricInfo)
+{
+    ENTER_DEVICE(device, __func__, g);
+    if (!gpuFabricInfo)
+        DONE(NVML_ERROR_INVALID_ARGUMENT);
+    /* v2 and v3 share their layout up to healthMask; v3 adds healthSummary. */
+    if (gpuFabricInfo->version != nvmlGpuFabricInfo_v3 &&
+        gpuFabricInfo->version != nvmlGpuFabricInfo_v2)
+        DONE(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    if (!g->has_fabric)
+        DONE(NVML_ERROR_NOT_SUPPORTED);
+    memset(gpuFabricInfo->clusterUuid, 0, sizeof(gpuFabricInfo->clusterUuid));
+    gpuFabricInfo->state = (nvmlGpuFabricState_t)g->fabric_state;
+    gpuFabricInfo->status = (nvmlReturn_t)g->fabric_status;
+    gpuFabricInfo->cliqueId = g->fabric_clique_id;
+    gpuFabricInfo->healthMask = g->fabric_health_mask;
+    if (gpuFabricInfo->version == nvmlGpuFabricInfo_v3)
+        gpuFabricInfo->healthSummary = (unsigned char)g->fabric_health_summary;
+    DONE(NVML_SUCCESS);
+}
+
+HC_EXPORT nvmlReturn_t nvmlSystemGetConfComputeState(nvmlConfComputeSystemState_t *state)
+{
+    ENTER(__func__);
+    if (!state)
+        DONE(NVML_ERROR_INVALID_ARGUMENT);
+    if (!hc_scn->has_cc)
+        DONE(NVML_ERROR_NOT_SUPPORTED);
+    state->environment = hc_scn->cc_environment;
+    state->ccFeature = hc_scn->cc_feature;
+    state->devToolsMode = hc_scn->cc_devtools_mode;
+    DONE(NVML_SUCCESS);
+}
+
+HC_EXPORT nvmlReturn_t nvmlSystemGetConfComputeGpusReadyState(unsigned int *isAcceptingWork)
+{
+    ENTER(__func__);
+    if (!isAcceptingWork)
+        DONE(NVML_ERROR_INVALID_ARGUMENT);
+    if (!hc_scn->has_cc)
+        DONE(NVML_ERROR_NOT_SUPPORTED);
+    *isAcceptingWork = hc_scn->cc_gpus_ready;
+    DONE(NVML_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Stub-only introspection for tests (not NVML API).                                          */
 
 HC_EXPORT unsigned int hcstub_init_refcount(void)
 {
     hc_lock();
     unsigned int n = hc_refcount;
+    hc_unlock();
+    return n;
+}
+
+/* GPM samples allocated and not freed: a collector that leaks one per poll shows here. */
+HC_EXPORT unsigned int hcstub_gpm_samples_live(void)
+{
+    hc_lock();
+    unsigned int n = hc_gpm_live;
     hc_unlock();
     return n;
 }
@@ -1613,6 +2077,12 @@ HC_EXPORT size_t hcstub_sizeof(const char *type)
         {"nvmlVgpuInstanceUtilizationSample_t", sizeof(nvmlVgpuInstanceUtilizationSample_t)},
         {"nvmlVgpuSchedulerGetState_t", sizeof(nvmlVgpuSchedulerGetState_t)},
         {"nvmlTemperature_v1_t", sizeof(nvmlTemperature_v1_t)},
+        {"nvmlFieldValue_t", sizeof(nvmlFieldValue_t)},
+        {"nvmlGpmSupport_t", sizeof(nvmlGpmSupport_t)},
+        {"nvmlGpmMetric_t", sizeof(nvmlGpmMetric_t)},
+        {"nvmlGpmMetricsGet_t", sizeof(nvmlGpmMetricsGet_t)},
+        {"nvmlGpuFabricInfo_v3_t", sizeof(nvmlGpuFabricInfo_v3_t)},
+        {"nvmlConfComputeSystemState_t", sizeof(nvmlConfComputeSystemState_t)},
     };
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
         if (strcmp(sizes[i].name, type) == 0)

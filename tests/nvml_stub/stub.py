@@ -67,6 +67,13 @@ GPU dict (defaults in ``DEFAULT_GPU``):
 ``handle_lost`` (bool): nvmlDeviceGetHandleByIndex also returns GPU_IS_LOST (default: the
     handle is still obtainable, only the calls fail),
 ``vgpus`` (list of vGPU dicts).
+Read only through nvmlDeviceGetFieldValues: ``retired_sbe``, ``retired_dbe`` (ints),
+``retired_pending`` (bool), ``pcie_replay_rollover``, ``pcie_l0_to_recovery`` (ints),
+``power_average_mw`` (None: NOT_SUPPORTED), links' ``tx_kib``/``rx_kib``, ``field_errors``
+({NVML_FI_* id: error}: that field alone answers it). GPM: ``gpm_supported`` (bool), ``gpm``
+({NVML_GPM_METRIC_* id: value}), ``gpm_instances`` ({gpu_instance_id: {id: value}}).
+``fabric`` (None | {state, status, clique_id, health_mask, health_summary}).
+Top level also: ``conf_compute`` (None | {environment, cc_feature, devtools_mode, gpus_ready}).
 
 vGPU dict (defaults in ``DEFAULT_VGPU``):
 
@@ -183,6 +190,16 @@ IMPLEMENTED_SYMBOLS: Final = (
     "nvmlVgpuInstanceGetGpuPciId",
     "nvmlDeviceGetVgpuUtilization",
     "nvmlDeviceGetVgpuSchedulerState",
+    "nvmlDeviceGetFieldValues",
+    "nvmlGpmQueryDeviceSupport",
+    "nvmlGpmSampleAlloc",
+    "nvmlGpmSampleFree",
+    "nvmlGpmSampleGet",
+    "nvmlGpmMigSampleGet",
+    "nvmlGpmMetricsGet",
+    "nvmlDeviceGetGpuFabricInfoV",
+    "nvmlSystemGetConfComputeState",
+    "nvmlSystemGetConfComputeGpusReadyState",
 )
 
 # Names accepted in not_supported/errors that the stub knows under another symbol: pynvml's
@@ -201,7 +218,10 @@ SYMBOL_ALIASES: Final = {
 DEVICE_SYMBOLS: Final = frozenset(
     s
     for s in IMPLEMENTED_SYMBOLS
-    if s.startswith("nvmlDevice")
+    if (
+        s.startswith("nvmlDevice")
+        or s in ("nvmlGpmQueryDeviceSupport", "nvmlGpmSampleGet", "nvmlGpmMigSampleGet")
+    )
     and s
     not in (
         "nvmlDeviceGetCount_v2",
@@ -264,6 +284,10 @@ NVML_ERRORS: Final = {
 INVALID_GPU_INSTANCE_ID: Final = 0xFFFFFFFF
 SAMPLE_TYPES: Final = ("gpu", "memory", "enc", "dec")  # NVML_{GPU,MEMORY,ENC,DEC}_..._SAMPLES
 NVLINK_COUNTERS: Final = ("replay", "recovery", "crc_flit", "crc_data", "ecc_data")
+NVLINK_THROUGHPUT: Final = ("tx_kib", "rx_kib")  # NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX/RX
+# nvmlGpuFabricInfo_v3_t's fields, in the stub's line order.
+FABRIC_KEYS: Final = ("state", "status", "clique_id", "health_mask", "health_summary")
+CONF_COMPUTE_KEYS: Final = ("environment", "cc_feature", "devtools_mode", "gpus_ready")
 
 DEFAULT_SCENARIO: Final[Mapping[str, Any]] = {
     "driver_version": "550.54.15",
@@ -274,6 +298,9 @@ DEFAULT_SCENARIO: Final[Mapping[str, Any]] = {
     "errors": {},
     "gpus": [],
     "absent": False,
+    # nvmlSystemGetConfComputeState + GpusReadyState ({environment, cc_feature, devtools_mode,
+    # gpus_ready}); None: both NOT_SUPPORTED (a driver or system without confidential computing).
+    "conf_compute": None,
 }
 
 DEFAULT_GPU: Final[Mapping[str, Any]] = {
@@ -315,6 +342,21 @@ DEFAULT_GPU: Final[Mapping[str, Any]] = {
     "lost": False,
     "handle_lost": False,
     "vgpus": [],
+    # Read only through nvmlDeviceGetFieldValues:
+    "retired_sbe": 0,
+    "retired_dbe": 0,
+    "retired_pending": False,
+    "pcie_replay_rollover": 0,
+    "pcie_l0_to_recovery": 0,
+    "power_average_mw": None,  # None: NOT_SUPPORTED (nvml.h: Ampere except GA100, or newer)
+    "field_errors": {},  # {NVML_FI_* id: error}: that field alone answers the error
+    # GPM: supported, then the metrics nvmlGpmMetricsGet answers ({NVML_GPM_METRIC_* id: value})
+    # for the whole GPU and per MIG GPU instance ({gpu_instance_id: {id: value}}); an id missing
+    # answers NOT_SUPPORTED in its own metric.
+    "gpm_supported": False,
+    "gpm": {},
+    "gpm_instances": {},
+    "fabric": None,  # {state, status, clique_id, health_mask, health_summary}; None: NOT_SUPPORTED
 }
 
 DEFAULT_VGPU: Final[Mapping[str, Any]] = {
@@ -566,6 +608,26 @@ def _samples(value: Any, width: int, where: str) -> list[tuple[int, ...]]:
     return out
 
 
+def _id(key: Any, where: str, limit: int = _U32) -> int:
+    """A dict key that is an id: an int, or its digits (a scenario read back from JSON)."""
+    if isinstance(key, str) and key.isdigit():
+        key = int(key)
+    return _uint(key, where, limit)
+
+
+def _gpm_values(value: Any, where: str) -> dict[int, float]:
+    if not isinstance(value, Mapping):
+        raise _fail(where, "expected {NVML_GPM_METRIC_* id: value}")
+    out = {}
+    for metric, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _fail(where, f"metric {metric}: expected a number, got {v!r}")
+        out[_id(metric, where, 476)] = float(v)
+    if len(out) > 32:
+        raise _fail(where, "at most 32 metrics")
+    return out
+
+
 def _gpu_uuid(index: int) -> str:
     return f"GPU-{uuid.uuid5(_UUID_NS, f'gpu-{index}')}"
 
@@ -587,6 +649,11 @@ def normalise_scenario(scenario: Mapping[str, Any]) -> Scenario:
         s["event_wait_max_ms"] = _uint(s["event_wait_max_ms"], "event_wait_max_ms")
     s["absent"] = _bool(s["absent"], "absent")
     s["errors"] = _errors(s, SCENARIO_SYMBOLS, "scenario")
+    if s["conf_compute"] is not None:
+        _check_keys(s["conf_compute"], CONF_COMPUTE_KEYS, "conf_compute")
+        s["conf_compute"] = {
+            k: _uint(s["conf_compute"].get(k, 0), f"conf_compute.{k}") for k in CONF_COMPUTE_KEYS
+        }
     if len(s["gpus"]) > 64:
         raise _fail("gpus", "at most 64 GPUs")
     gpus: list[dict[str, Any]] = []
@@ -641,8 +708,38 @@ def _normalise_gpu(
         "ecc_uncorrected_aggregate",
     ):
         _uint(g[key], f"{where}.{key}", _U64)
-    for key in ("remapped_pending", "remapped_failure", "persistence_mode", "lost", "handle_lost"):
+    for key in (
+        "remapped_pending",
+        "remapped_failure",
+        "persistence_mode",
+        "lost",
+        "handle_lost",
+        "retired_pending",
+        "gpm_supported",
+    ):
         _bool(g[key], f"{where}.{key}")
+    for key in ("pcie_replay_rollover", "pcie_l0_to_recovery"):
+        _uint(g[key], f"{where}.{key}")
+    for key in ("retired_sbe", "retired_dbe"):
+        _uint(g[key], f"{where}.{key}", _U64)
+    if g["power_average_mw"] is not None:
+        _uint(g["power_average_mw"], f"{where}.power_average_mw")
+    g["field_errors"] = {
+        _id(field_id, f"{where}.field_errors"): error_code(code, f"{where}.field_errors")
+        for field_id, code in dict(g["field_errors"]).items()
+    }
+    if len(g["field_errors"]) > 32:
+        raise _fail(f"{where}.field_errors", "at most 32")
+    g["gpm"] = _gpm_values(g["gpm"], f"{where}.gpm")
+    g["gpm_instances"] = {
+        _id(gi, f"{where}.gpm_instances"): _gpm_values(v, f"{where}.gpm_instances[{gi}]")
+        for gi, v in dict(g["gpm_instances"]).items()
+    }
+    if len(g["gpm_instances"]) > 8:
+        raise _fail(f"{where}.gpm_instances", "at most 8 GPU instances")
+    if g["fabric"] is not None:
+        _check_keys(g["fabric"], FABRIC_KEYS, f"{where}.fabric")
+        g["fabric"] = {k: _uint(g["fabric"].get(k, 0), f"{where}.fabric.{k}") for k in FABRIC_KEYS}
     if g["mig_pending_mode"] is None:
         g["mig_pending_mode"] = g["mig_mode"]
     _uint(g["mig_pending_mode"], f"{where}.mig_pending_mode")
@@ -650,10 +747,15 @@ def _normalise_gpu(
         raise _fail(f"{where}.nvlinks", "at most 36 links (NVML_NVLINK_MAX_LINKS)")
     links = []
     for i, link in enumerate(g["nvlinks"]):
-        _check_keys(link, ("active", *NVLINK_COUNTERS), f"{where}.nvlinks[{i}]")
-        full = {"active": True, **dict.fromkeys(NVLINK_COUNTERS, 0), **link}
+        _check_keys(link, ("active", *NVLINK_COUNTERS, *NVLINK_THROUGHPUT), f"{where}.nvlinks[{i}]")
+        full = {
+            "active": True,
+            **dict.fromkeys(NVLINK_COUNTERS, 0),
+            **dict.fromkeys(NVLINK_THROUGHPUT, 0),
+            **link,
+        }
         _bool(full["active"], f"{where}.nvlinks[{i}].active")
-        for c in NVLINK_COUNTERS:
+        for c in (*NVLINK_COUNTERS, *NVLINK_THROUGHPUT):
             _uint(full[c], f"{where}.nvlinks[{i}].{c}", _U64)
         links.append(full)
     g["nvlinks"] = links
@@ -787,6 +889,8 @@ def render_scenario(scenario: Mapping[str, Any]) -> str:
     if s["event_wait_max_ms"] is not None:
         out.append(f"event_wait_max_ms {s['event_wait_max_ms']}")
     out += [f"error {sym} {_code_name(code)}" for sym, code in s["errors"].items()]
+    if s["conf_compute"] is not None:
+        out.append("conf_compute " + " ".join(str(s["conf_compute"][k]) for k in CONF_COMPUTE_KEYS))
     vgpus: list[tuple[int, dict[str, Any]]] = []
     out.append(f"gpu_count {len(s['gpus'])}")
     for i, g in enumerate(s["gpus"]):
@@ -828,6 +932,28 @@ def render_scenario(scenario: Mapping[str, Any]) -> str:
         for li, link in enumerate(g["nvlinks"]):
             counters = " ".join(str(link[c]) for c in NVLINK_COUNTERS)
             out.append(f"{p}nvlink.{li} {int(link['active'])} {counters}")
+            out.append(f"{p}nvlink_throughput.{li} {link['tx_kib']} {link['rx_kib']}")
+        out += [
+            f"{p}retired_sbe {g['retired_sbe']}",
+            f"{p}retired_dbe {g['retired_dbe']}",
+            f"{p}retired_pending {int(g['retired_pending'])}",
+            f"{p}pcie_replay_rollover {g['pcie_replay_rollover']}",
+            f"{p}pcie_l0_to_recovery {g['pcie_l0_to_recovery']}",
+            f"{p}gpm_supported {int(g['gpm_supported'])}",
+        ]
+        if g["power_average_mw"] is not None:
+            out.append(f"{p}power_average_mw {g['power_average_mw']}")
+        out += [
+            f"{p}field_error {fid} {_code_name(code)}" for fid, code in g["field_errors"].items()
+        ]
+        out += [f"{p}gpm whole {m} {v!r}" for m, v in g["gpm"].items()]
+        out += [
+            f"{p}gpm {gi} {m} {v!r}"
+            for gi, values in g["gpm_instances"].items()
+            for m, v in values.items()
+        ]
+        if g["fabric"] is not None:
+            out.append(f"{p}fabric " + " ".join(str(g["fabric"][k]) for k in FABRIC_KEYS))
         for t in SAMPLE_TYPES:
             out += [f"{p}sample.{t} {ts} {v}" for ts, v in g["utilization_samples"][t]]
         out += [
@@ -1074,6 +1200,103 @@ def mig_vgpu(vm_uuids: Sequence[str]) -> Scenario:
         "vgpus": [_vgpu(14, vms[3], 710, "NVIDIA A100D-20C", 20)],
     }
     return {"gpus": [mig, timesliced], "vgpu_manager": True}
+
+
+# NVML_GPM_METRIC_* ids -> a busy training job's values (percent; MiB/s for PCIe and NVLink).
+BUSY_GPM: Final = {
+    2: 87.5,
+    3: 41.0,
+    5: 63.0,
+    10: 72.0,
+    11: 0.5,
+    12: 12.0,
+    13: 3.0,
+    20: 900.0,
+    21: 1800.0,
+    60: 20_000.0,
+    61: 19_000.0,
+}
+NVML_FI_DEV_RETIRED_PENDING: Final = 31
+
+
+def h100_gpm() -> Scenario:
+    """One H100 SXM with GPM (Hopper), field values (average power, NVLink throughput on its 18
+    links, retired pages, PCIe recoveries), a completed, healthy fabric registration, and one
+    field that fails alone: NVML_FI_DEV_RETIRED_PENDING answers UNKNOWN."""
+    gpu = copy.deepcopy(eight_gpus()["gpus"][0])
+    for k, link in enumerate(gpu["nvlinks"]):
+        link["tx_kib"] = 1_000_000 + k
+        link["rx_kib"] = 2_000_000 + k
+    gpu.update(
+        {
+            "power_average_mw": 348_000,
+            "retired_sbe": 2,
+            "retired_dbe": 1,
+            "pcie_replay_rollover": 1,
+            "pcie_l0_to_recovery": 4,
+            "gpm_supported": True,
+            "gpm": dict(BUSY_GPM),
+            "fabric": {
+                "state": 3,
+                "status": 0,
+                "clique_id": 7,
+                "health_mask": 0x2,
+                "health_summary": 1,
+            },
+            "field_errors": {NVML_FI_DEV_RETIRED_PENDING: "UNKNOWN"},
+        }
+    )
+    return {"gpus": [gpu], "vgpu_manager": False}
+
+
+def a100_no_gpm() -> Scenario:
+    """One A100 80GB PCIe (Ampere): no GPM (nvmlGpmQueryDeviceSupport says 0), no fabric, no
+    average-power field (GA100)."""
+    base = mig_vgpu(["a", "b", "c", "d"])["gpus"][1]
+    gpu = {k: v for k, v in base.items() if k != "vgpus"}
+    return {"gpus": [gpu], "vgpu_manager": False}
+
+
+def mig_vgpu_gpm(vm_uuids: Sequence[str]) -> Scenario:
+    """``mig_vgpu`` on Hopper: GPU 0 is an H100 in MIG mode with GPM, its vGPUs on GPU
+    instances 2, 3 and 9 (vm_uuids[0..2]), each instance with its own GPM metrics (SM active
+    40%, 20%, 10%), and the whole GPU's; GPU 1 (time-sliced, not MIG) has GPM for the whole
+    GPU only."""
+    scenario = mig_vgpu(vm_uuids)
+    mig, timesliced = scenario["gpus"]
+    for gpu in (mig, timesliced):
+        gpu.update(
+            {
+                "name": "NVIDIA H100 PCIe",
+                "pci_device_id": 0x233110DE,
+                "gpm_supported": True,
+                "gpm": dict(BUSY_GPM),
+            }
+        )
+    mig["gpm_instances"] = {gi: {**BUSY_GPM, 2: sm} for gi, sm in ((2, 40.0), (3, 20.0), (9, 10.0))}
+    return scenario
+
+
+def hgx_fabric_degraded() -> Scenario:
+    """``eight_gpus`` registered in the NVSwitch fabric (clique 1) with confidential computing
+    on: GPU 2's NVLink bandwidth is degraded (health mask DEGRADED_BW_TRUE, summary LIMITED
+    CAPACITY); GPU 6's registration completed with NVML_ERROR_NOT_READY (27)."""
+    scenario = eight_gpus()
+    for i, gpu in enumerate(scenario["gpus"]):
+        gpu["fabric"] = {
+            "state": 3,
+            "status": 27 if i == 6 else 0,
+            "clique_id": 1,
+            "health_mask": 0x1 if i == 2 else 0x2,
+            "health_summary": 3 if i == 2 else (2 if i == 6 else 1),
+        }
+    scenario["conf_compute"] = {
+        "environment": 2,
+        "cc_feature": 1,
+        "devtools_mode": 0,
+        "gpus_ready": 1,
+    }
+    return scenario
 
 
 def lost_gpu_midrun(
