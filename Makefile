@@ -131,7 +131,6 @@ test-deploy: bootstrap
 	promtool check config "$$tmp/prometheus.yml"
 	promtool check rules conf/prometheus/rules.yml
 	promtool test rules conf/prometheus/rules.test.yml
-	cd conf/prometheus && promtool check rules rules-pending.yml && promtool test rules rules-pending.test.yml
 	HOSTCOLLECTOR_DEPLOY=required $(VENV)/pytest -m deploy tests/test_deploy.py
 
 # Regenerate every case's goldens (tests/cases/<name>/: exposition.txt, exposition.acme.txt,

@@ -2,16 +2,12 @@
 exists, names the alert and says what it means, what to check, what to do and who is affected;
 every runbook belongs to an alert; severities are the one routing scale Alertmanager expects.
 
-Covers conf/prometheus/rules.yml and rules-pending.yml (alerts whose metrics other parts of
-issue 14 add; not loaded by Prometheus), and runs promtool on the pending rules and their tests
-(`make test-deploy` runs promtool on both rule files).
+Covers conf/prometheus/rules.yml (`make test-deploy` runs promtool on it and its tests).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +17,6 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS = REPO / "conf" / "prometheus"
 RUNBOOKS = REPO / "docs" / "runbooks"
-RULE_FILES = ("rules.yml", "rules-pending.yml")
 
 # Alertmanager routes on `severity`: critical pages, warning opens a ticket, info notifies no one.
 SEVERITIES = {"critical", "warning", "info"}
@@ -40,9 +35,7 @@ def alerts(rule_file: str) -> dict[str, dict[str, Any]]:
 
 
 def all_alerts() -> dict[str, dict[str, Any]]:
-    loaded, pending = alerts("rules.yml"), alerts("rules-pending.yml")
-    assert not set(loaded) & set(pending), "an alert both loaded and pending"
-    return loaded | pending
+    return alerts("rules.yml")
 
 
 def runbook_path(url: str) -> Path:
@@ -57,7 +50,7 @@ def test_rule_files_have_alerts() -> None:
     assert {"HostcollectorGPUXidHardware", "HostcollectorGPUUncorrectableECC"} <= set(
         alerts("rules.yml")
     )
-    assert "HostcollectorGPUFabricDegraded" in alerts("rules-pending.yml")
+    assert "HostcollectorGPUFabricDegraded" in alerts("rules.yml")
 
 
 @pytest.mark.parametrize("name", sorted(all_alerts()))
@@ -95,30 +88,3 @@ def test_runbook_index_lists_every_alert_with_its_severity() -> None:
     rows = dict(re.findall(r"^\| \[(\w+)\]\(\1\.md\) \| (\w+) \|", index, re.MULTILINE))
     expected = {name: rule["labels"]["severity"] for name, rule in all_alerts().items()}
     assert rows == expected
-
-
-def test_pending_alerts_tested_firing_and_not_firing() -> None:
-    pending = set(alerts("rules-pending.yml"))
-    tests = yaml.safe_load((PROMETHEUS / "rules-pending.test.yml").read_text())["tests"]
-    firing: set[str] = set()
-    silent: set[str] = set()
-    for test in tests:
-        for case in test.get("alert_rule_test", []):
-            (firing if case["exp_alerts"] else silent).add(case["alertname"])
-    assert pending - firing == set(), "pending alerts without a firing test"
-    assert pending - silent == set(), "pending alerts without a not-firing test"
-    assert (firing | silent) - pending == set(), "tests for alerts that do not exist"
-
-
-def test_pending_rules_pass_promtool() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    for args in (
-        ["check", "rules", "rules-pending.yml"],
-        ["test", "rules", "rules-pending.test.yml"],
-    ):
-        result = subprocess.run(
-            [promtool, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
