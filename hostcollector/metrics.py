@@ -558,6 +558,30 @@ def _flag_value(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
+# nvmlDeviceGetGpuFabricInfoV's fields (model.FabricInfo): name, what it is.
+FABRIC_FIELDS = (
+    (
+        "state",
+        "The GPU's registration in the NVSwitch fabric (nvmlDeviceGetGpuFabricInfoV state): 1 not started, 2 in progress, 3 completed.",
+    ),
+    (
+        "status",
+        "The fabric registration's result once completed (an nvmlReturn_t): 0 success; anything else and NVLink peer-to-peer is down.",
+    ),
+    (
+        "clique_id",
+        "The fabric clique the GPU belongs to (GPUs of one clique reach each other over NVLink).",
+    ),
+    (
+        "health_mask",
+        "The fabric health mask (NVML_GPU_FABRIC_HEALTH_MASK_*: degraded bandwidth in bits 0-1, 1 = degraded; route recovery, route unhealthy, access timeout, configuration, partition, fabric manager above).",
+    ),
+    (
+        "health_summary",
+        "The fabric health summary (v3): 1 healthy, 2 unhealthy, 3 limited capacity.",
+    ),
+)
+
 # GPM metrics (nvml_gpm.METRICS' names): name, unit suffix, what it is.
 GPM_METRICS = (
     ("sm_active", "ratio", "Fraction of SMs busy (SM_UTIL)"),
@@ -581,6 +605,16 @@ GPM_METRICS = (
     ("nvlink_receive", "bytes_per_second", "NVLink reads, all links (NVLINK_TOTAL_RX_PER_SEC)"),
 )
 GPM_SOURCE = "from two GPM samples across the poll interval (nvmlGpmMetricsGet NVML_GPM_METRIC_*)"
+
+
+def _fabric(field: str) -> Callable[[Any], Number | None]:
+    """One field of a GpuStats' fabric state (nvmlDeviceGetGpuFabricInfoV)."""
+
+    def read(gpu: Any) -> Number | None:
+        value: Number | None = getattr(gpu.fabric, field) if gpu.fabric is not None else None
+        return value
+
+    return read
 
 
 def _gpm(name: str) -> Callable[[Any], Number | None]:
@@ -811,36 +845,7 @@ GPU_FAMILIES = (
         _gpu(f"gpu_gpm_{name}_{unit}", "gauge", f"{what}, {GPM_SOURCE}.", _gpm(name))
         for name, unit, what in GPM_METRICS
     ),
-    _gpu(
-        "gpu_fabric_state",
-        "gauge",
-        "The GPU's registration in the NVSwitch fabric (nvmlDeviceGetGpuFabricInfoV state): 1 not started, 2 in progress, 3 completed.",
-        lambda g: g.fabric.state if g.fabric else None,
-    ),
-    _gpu(
-        "gpu_fabric_status",
-        "gauge",
-        "The fabric registration's result once completed (an nvmlReturn_t): 0 success; anything else and NVLink peer-to-peer is down.",
-        lambda g: g.fabric.status if g.fabric else None,
-    ),
-    _gpu(
-        "gpu_fabric_clique_id",
-        "gauge",
-        "The fabric clique the GPU belongs to (GPUs of one clique reach each other over NVLink).",
-        lambda g: g.fabric.clique_id if g.fabric else None,
-    ),
-    _gpu(
-        "gpu_fabric_health_mask",
-        "gauge",
-        "The fabric health mask (NVML_GPU_FABRIC_HEALTH_MASK_*: degraded bandwidth in bits 0-1, 1 = degraded; route recovery, route unhealthy, access timeout, configuration, partition, fabric manager above).",
-        lambda g: g.fabric.health_mask if g.fabric else None,
-    ),
-    _gpu(
-        "gpu_fabric_health_summary",
-        "gauge",
-        "The fabric health summary (v3): 1 healthy, 2 unhealthy, 3 limited capacity.",
-        lambda g: g.fabric.health_summary if g.fabric else None,
-    ),
+    *(_gpu(f"gpu_fabric_{name}", "gauge", what, _fabric(name)) for name, what in FABRIC_FIELDS),
 )
 
 

@@ -32,6 +32,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -264,11 +265,12 @@ class NvmlSource:
             out.append(replace(gpu, gpm=whole, gpm_instances=instances))
         return out
 
-    def _call(self, fn: Any, *args: Any) -> Any:
-        """One NVML read: None where unsupported; _Lost / _Reinit where the GPU or NVML is gone."""
+    @contextlib.contextmanager
+    def _gone_raises(self) -> Iterator[None]:
+        """NVML errors that end more than one read: _Lost (this GPU) and _Reinit (NVML)."""
         nv = self._pynvml
         try:
-            return fn(*args)
+            yield
         except nv.NVMLError_GpuIsLost as exc:
             raise _Lost from exc
         except (
@@ -277,6 +279,13 @@ class NvmlSource:
             nv.NVMLError_LibRmVersionMismatch,
         ) as exc:
             raise _Reinit(str(exc)) from exc
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """One NVML read: None where unsupported; _Lost / _Reinit where the GPU or NVML is gone."""
+        nv = self._pynvml
+        try:
+            with self._gone_raises():
+                return fn(*args)
         except nv.NVMLError as exc:
             # NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND, NOT_FOUND, ...: omit the field
             log.debug("%s: %s", getattr(fn, "__name__", fn), exc)
@@ -399,15 +408,8 @@ class NvmlSource:
             state.nvlinks[uuid] = self._nvlink_count(handle)
         counts = state.errors.setdefault(uuid, Counter())
         try:
-            values = nv.nvmlDeviceGetFieldValues(handle, fi.request(state.nvlinks[uuid]))
-        except nv.NVMLError_GpuIsLost as exc:
-            raise _Lost from exc
-        except (
-            nv.NVMLError_Uninitialized,
-            nv.NVMLError_DriverNotLoaded,
-            nv.NVMLError_LibRmVersionMismatch,
-        ) as exc:
-            raise _Reinit(str(exc)) from exc
+            with self._gone_raises():
+                values = nv.nvmlDeviceGetFieldValues(handle, fi.request(state.nvlinks[uuid]))
         except nv.NVMLError as exc:
             if exc.value != nv.NVML_ERROR_NOT_SUPPORTED:
                 counts[("field_values", _error_name(nv, exc.value))] += 1
