@@ -64,6 +64,9 @@ LINK_STATS64 = (
     "rx_dropped",
     "tx_dropped",
 )
+# struct rtnl_link_stats64's 16th u64 (after multicast, collisions and six rx error kinds): what
+# /proc/net/dev adds to rx_dropped in its "drop" column (dev_seq_printf_stats, net/core/net-procfs.c)
+RX_MISSED_ERRORS_AT = 15
 LINK_STATES = {0: "auto", 1: "enable", 2: "disable"}
 UNSUPPORTED = 0xFFFFFFFF  # spoof check / trust the driver cannot report
 # struct ifla_vf_guid {__u32 vf; __u64 guid;}: the u64 is naturally aligned, so on 64-bit ABIs
@@ -139,6 +142,10 @@ def parse_link(data: bytes) -> LinkInfo:
             link_stats = dict(
                 zip(LINK_STATS64, struct.unpack_from("=8Q", data, start), strict=True)
             )
+            if stop - start >= 8 * (RX_MISSED_ERRORS_AT + 1):
+                (link_stats["rx_missed_errors"],) = struct.unpack_from(
+                    "=Q", data, start + 8 * RX_MISSED_ERRORS_AT
+                )
         elif kind == IFLA_VFINFO_LIST:
             vfs.extend(
                 _vf(data, vf_start, vf_stop, ifi_type)
