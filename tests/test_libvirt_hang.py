@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from hostcollector.errors import SourceError
 from hostcollector.model import DomainStats, LibvirtSample
 from hostcollector.sources import libvirt as libvirt_source
 from hostcollector.sources.libvirt import LibvirtSource
+from hostcollector.sources.qemu_kernel import QemuKernelReader
 from hostcollector.tenancy import compile_rules
 from tests import fake_libvirt
 from tests.conftest import FIXTURES, by_name, load_raw
@@ -43,6 +45,13 @@ def libvirtd(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLibvirtd]:
     daemon.release_all()
 
 
+def no_qemu_here() -> QemuKernelReader:
+    """A kernel path that finds no QEMU process (an empty /proc): every domain falls back to
+    libvirt, as before the kernel path; the host's own /proc may run the lab's domains."""
+    empty = tempfile.mkdtemp(prefix="hc-no-proc-")
+    return QemuKernelReader(proc_root=empty, cgroup_root=empty, pidfile_dir=empty)
+
+
 def make_source(**config: Any) -> LibvirtSource:
     settings: dict[str, Any] = {
         "interval_seconds": 2 * TIMEOUT,
@@ -50,7 +59,11 @@ def make_source(**config: Any) -> LibvirtSource:
         "parallel_calls": 3,
         "quarantine_seconds": 30.0,
     }
-    return LibvirtSource(LibvirtConfig(**(settings | config)), compile_rules(AttributionConfig()))
+    return LibvirtSource(
+        LibvirtConfig(**(settings | config)),
+        compile_rules(AttributionConfig()),
+        kernel=no_qemu_here(),
+    )
 
 
 def run(

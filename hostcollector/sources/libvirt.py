@@ -14,6 +14,14 @@ it. Each poll:
    in the remaining time, so one hung QEMU costs the others nothing;
 4. retries one quarantined domain whose quarantine expired, alone and off the main path.
 
+With `kernel_path` (libvirt_kernel.py), before step 2 the kernel's view of every active domain
+is read in a lane of its own (qemu_kernel.py: cgroup, /proc, one netlink dump): cpu_total, vcpu
+and interface are then asked of libvirt only for the domains the kernel could not serve, in one
+call of their own. When the listing fails (libvirtd stopped, stuck or restarting), the domains
+of the last listing that were active are read from the kernel all the same and the poll ends in
+SourceDegraded: the source is down, and those VMs' CPU, vCPU and NIC series stay fresh, their
+other values kept with their age (sampled_at stays libvirt's last answer).
+
 Blocking calls run in fixed-size thread lanes: one for listing, `parallel_calls` for chunks, one
 for the quarantine probe; nothing ever queues behind a hung call. Each stats and probe thread has
 its own read-only connection: measured on the lab, while one call sat on a stopped QEMU, other
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import threading
@@ -37,14 +46,29 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hostcollector.config import LibvirtConfig
-from hostcollector.errors import SourceError
+from hostcollector.errors import SourceDegraded, SourceError
 from hostcollector.handover import Handover
-from hostcollector.model import LibvirtHealth, LibvirtSample, PciDevice, TenantClaim
+from hostcollector.model import (
+    DomainStats,
+    LibvirtHealth,
+    LibvirtSample,
+    PciDevice,
+    TenantClaim,
+    VmFreshness,
+)
 from hostcollector.selfmetrics import Sample, libvirt_samples
 from hostcollector.sources.domain_xml import DomainDevices, domain_devices
+from hostcollector.sources.libvirt_kernel import (
+    KERNEL_GROUPS,
+    fallback_reasons,
+    overlay,
+    served_groups,
+)
 from hostcollector.sources.libvirt_stats import carry_over, is_partial, parse_domain_stats
 from hostcollector.sources.libvirt_tracker import CONTROL_OCCUPIED, DomainTracker, ListedDomain
 from hostcollector.sources.pci_sysfs import read_pci_devices
+from hostcollector.sources.qemu_kernel import DomainRef, KernelDomainStats, QemuKernelReader
+from hostcollector.sources.tap_counters import Tap
 from hostcollector.sources.worker import BlockingLane
 from hostcollector.tenancy import MetadataRule, parse_tenant
 
@@ -122,6 +146,7 @@ class _Gone(enum.Enum):
 
 _VANISHED: Literal[_Gone.VANISHED] = _Gone.VANISHED
 _Control = tuple[int | None, float]  # virDomainControlState (None: unknown), seconds in it
+_KernelRead = tuple[KernelDomainStats, float]  # the kernel's view of a domain, when it was read
 
 
 @dataclass(frozen=True)
@@ -132,6 +157,7 @@ class _Listing:
     pci_devices: dict[str, tuple[str, ...]]
     mdev_devices: dict[str, tuple[str, ...]]
     pci_health: dict[str, PciDevice]
+    devices: dict[str, DomainDevices]  # what the cached definition says, for the kernel path
 
 
 class _ThreadConnections:
@@ -171,9 +197,11 @@ class LibvirtSource:
         *,
         handover: Handover | None = None,
         record_raw: bool = False,
+        kernel: QemuKernelReader | None = None,
     ) -> None:
         """`handover`: where lifecycle events go for remote write (the composition root hands
-        the writer the same one); a fresh one if none is given."""
+        the writer the same one); a fresh one if none is given. `kernel`: the kernel reader of
+        the kernel path (tests give one over a tree on disk); the host's if none is given."""
         self.config = config
         self._rules = tuple(rules)
         self._namespaces = tuple(dict.fromkeys(rule.namespace for rule in rules))
@@ -189,6 +217,18 @@ class LibvirtSource:
             g for g in config.stats_groups if g not in config.slow_stats_groups
         )
         self._polls = 0
+        self._kernel: QemuKernelReader | None = None
+        self._kernel_groups: tuple[str, ...] = ()
+        if config.kernel_path:
+            self._kernel = kernel if kernel is not None else QemuKernelReader()
+            self._kernel_groups = tuple(g for g in KERNEL_GROUPS if g in config.stats_groups)
+        if not self._kernel_groups:
+            self._kernel = None  # nothing it could serve
+        self._kernel_lane = BlockingLane("libvirt-kernel")
+        self._kernel_now: dict[str, tuple[KernelDomainStats, tuple[str, ...]]] = {}
+        self._kernel_read_at: dict[str, float] = {}
+        self._kernel_fallbacks: Counter[str] = Counter()
+        self._last_listing: _Listing | None = None
         self._conn: Any = None  # the main connection: listing, metadata, events
         self._lane_conns = _ThreadConnections(config.uri)
         self._conn_closed = threading.Event()
@@ -215,26 +255,72 @@ class LibvirtSource:
             quarantined_vms=self._tracker.quarantined,
             quarantines_total=self._tracker.quarantines_total,
             busy_domains_total=self._busy_domains,
+            kernel_fallbacks_by_reason=tuple(sorted(self._kernel_fallbacks.items())),
         )
 
     async def poll(self) -> LibvirtSample:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeout_seconds
+        last = self._last_listing
+        early: asyncio.Future[dict[str, _KernelRead]] | None = None
+        if self._kernel is not None and last is not None:
+            # Alongside the listing, for the domains of the last one: while libvirtd does not
+            # answer, the listing takes the whole deadline and leaves the kernel no time after.
+            early = asyncio.ensure_future(self._kernel_views(last.domains, last, deadline))
         try:
             listing = await self._main.call(self._list, self.config.timeout_seconds)
         except SourceError as exc:
             if exc.reason == "timeout":
                 self._timeouts["list"] += 1
-            raise
+            if early is None or last is None:
+                raise
+            self._apply_kernel(last, await early)
+            domains, freshness = self._sample(last)
+            sample = LibvirtSample(
+                domains,
+                last.claims,
+                freshness,
+                time.time(),
+                pci_devices=last.pci_devices,
+                mdev_devices=last.mdev_devices,
+                pci_health=last.pci_health,
+            )
+            raise SourceDegraded(exc.reason, str(exc), sample) from exc
+        self._last_listing = listing
         listed_at = time.time()
         plan = self._tracker.plan(listing.domains, listed_at)
         every = self.config.slow_stats_every
         groups = self._group_names if self._polls % every == 0 else self._fast_groups
         self._polls += 1
-        await self._query(plan.query, listing, deadline, groups)
+        if self._kernel is None:
+            await self._query(plan.query, listing, deadline, groups)
+        else:
+            views = await early if early is not None else {}
+            # Domains the early read did not cover: new, just started, or their NICs changed
+            late = [
+                d
+                for d in listing.domains
+                if d.uuid not in views or _taps(listing, d.uuid) != _taps(last, d.uuid)
+            ]
+            if late:
+                views |= await self._kernel_views(late, listing, deadline)
+            served = self._apply_kernel(listing, views, plan.query)
+            # Every poll, slow or not: the kernel's read costs no libvirtd time
+            wanted = set(self._kernel_groups)
+            lean = tuple(g for g in groups if g not in self._kernel_groups)
+            await self._query(
+                [u for u in plan.query if served.get(u) == wanted], listing, deadline, lean
+            )
+            # One call of their own for the domains the kernel did not serve whole (and the
+            # inactive ones, which answer with their state only).
+            rest = [u for u in plan.query if served.get(u) != wanted]
+            missing = {g for u in rest for g in wanted - served.get(u, set())}
+            await self._query(
+                rest, listing, deadline, tuple(g for g in groups if g in missing or g in lean)
+            )
         if plan.probe:
             self._start_probe(plan.probe[0])
-        domains, freshness = self._tracker.sample(listing.domains)
+        domains, freshness = self._sample(listing)
         raw = None
         if self._record_raw:
             raw = tuple(
@@ -253,13 +339,91 @@ class LibvirtSource:
             raw=raw,
         )
 
+    def _sample(self, listing: _Listing) -> tuple[tuple[DomainStats, ...], dict[str, VmFreshness]]:
+        domains, freshness = self._tracker.sample(listing.domains)
+        if self._kernel_read_at:
+            freshness = {
+                uuid: dataclasses.replace(fresh, kernel_read_at=self._kernel_read_at.get(uuid))
+                for uuid, fresh in freshness.items()
+            }
+        return domains, freshness
+
+    # -- the kernel path -------------------------------------------------------------------------
+
+    async def _kernel_views(
+        self, domains: Sequence[ListedDomain], listing: _Listing, deadline: float
+    ) -> dict[str, _KernelRead]:
+        """The kernel's view of each of `domains` that is active, with when it was read."""
+        kernel = self._kernel
+        refs = [
+            DomainRef(d.uuid, d.name, _taps(listing, d.uuid))
+            for d in domains
+            if d.control_state is not None  # inactive: no QEMU process to read
+        ]
+        if kernel is None or not refs:
+            return {}
+        loop = asyncio.get_running_loop()
+        try:
+            views = await self._kernel_lane.call(
+                lambda: kernel.read_domains(refs), deadline - loop.time()
+            )
+        except SourceError as exc:  # a /proc read stuck (D state): libvirt serves them all
+            self._kernel_fallbacks[exc.reason] += len(refs)
+            return {}
+        read_at = time.time()
+        return {uuid: (view, read_at) for uuid, view in views.items()}
+
+    def _apply_kernel(
+        self,
+        listing: _Listing,
+        views: dict[str, _KernelRead],
+        uuids: Sequence[str] | None = None,
+    ) -> dict[str, set[str]]:
+        """Merges what the kernel serves of each domain (of `uuids`, if given) into its last
+        stats, and says which groups it served for each. A domain not served whole is counted,
+        by reason, once per poll."""
+        self._kernel_now = {}
+        self._kernel_read_at = {}
+        wanted = self._kernel_groups
+        served_by_uuid: dict[str, set[str]] = {}
+        chosen = set(views if uuids is None else uuids) & set(listing.handles)
+        for domain in listing.domains:
+            if domain.uuid not in chosen or domain.uuid not in views:
+                continue
+            view, read_at = views[domain.uuid]
+            devices = listing.devices.get(domain.uuid, DomainDevices())
+            served = served_groups(view, devices, wanted)
+            for reason in fallback_reasons(view, served, wanted):
+                self._kernel_fallbacks[reason] += 1
+            served_by_uuid[domain.uuid] = set(served)
+            if view.not_found is not None:
+                continue
+            self._kernel_now[domain.uuid] = (view, served)
+            if set(served) == set(wanted):
+                self._kernel_read_at[domain.uuid] = read_at
+            last = self._tracker.last_stats(domain.uuid) or DomainStats(domain.uuid, domain.name)
+            self._tracker.kernel(domain.uuid, self._overlay(domain.uuid, last, listing))
+        return served_by_uuid
+
+    def _overlay(self, uuid: str, stats: DomainStats, listing: _Listing | None) -> DomainStats:
+        found = self._kernel_now.get(uuid)
+        if found is None:
+            return stats
+        view, served = found
+        devices = DomainDevices()
+        if listing is not None:
+            devices = listing.devices.get(uuid, devices)
+        return overlay(stats, view, served, devices, with_rss="balloon" in self._group_names)
+
     async def close(self) -> None:
         if self._probe_task is not None:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
-        for lane in (self._main, self._chunks, self._probe_lane):
+        for lane in (self._main, self._chunks, self._probe_lane, self._kernel_lane):
             lane.shutdown()
+        if self._kernel is not None:
+            self._kernel.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -340,6 +504,8 @@ class LibvirtSource:
             stats = carry_over(
                 parse_domain_stats(uuid, name, raw), self._tracker.last_stats(uuid), skipped
             )
+            # The kernel's values win for the groups it served this poll, whoever else was asked
+            stats = self._overlay(uuid, stats, self._last_listing)
             if is_partial(raw, groups):
                 self._busy_domains += 1
                 self._tracker.partial(uuid, stats, sampled_at)
@@ -390,6 +556,7 @@ class LibvirtSource:
         claims: dict[str, TenantClaim | None] = {}
         pci_devices: dict[str, tuple[str, ...]] = {}
         mdev_devices: dict[str, tuple[str, ...]] = {}
+        devices: dict[str, DomainDevices] = {}
         now = time.monotonic()
         for dom in handles:
             uuid = dom.UUIDString()
@@ -406,6 +573,8 @@ class LibvirtSource:
                 pci_devices[uuid] = cached.devices.pci
             if cached and cached.devices.mdev:
                 mdev_devices[uuid] = cached.devices.mdev
+            if cached:
+                devices[uuid] = cached.devices
         for gone in self._metadata.keys() - by_uuid.keys():
             del self._metadata[gone]
         for gone in self._raw.keys() - by_uuid.keys():
@@ -414,7 +583,9 @@ class LibvirtSource:
         # ~25 small files per device and its upstream port, no libvirt call.
         held = [address for addresses in pci_devices.values() for address in addresses]
         pci_health = read_pci_devices(self.config.sysfs_root, held)
-        return _Listing(tuple(domains), by_uuid, claims, pci_devices, mdev_devices, pci_health)
+        return _Listing(
+            tuple(domains), by_uuid, claims, pci_devices, mdev_devices, pci_health, devices
+        )
 
     def _control_info(self, dom: Any) -> _Control | Literal[_Gone.VANISHED]:
         libvirt = _libvirt()
@@ -604,6 +775,11 @@ class LibvirtSource:
     def collect(self) -> Iterator[Sample]:
         """Its health as self-metrics (selfmetrics.SelfMetrics)."""
         return libvirt_samples(self.health())
+
+
+def _taps(listing: _Listing | None, uuid: str) -> tuple[Tap, ...]:
+    devices = listing.devices.get(uuid) if listing is not None else None
+    return devices.taps if devices is not None else ()
 
 
 def _describe(exc: Any) -> str:

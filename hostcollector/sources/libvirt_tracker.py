@@ -110,6 +110,13 @@ class DomainTracker:
             )
         entry.stats, entry.sampled_at, entry.quarantined_until = stats, sampled_at, None
 
+    def kernel(self, uuid: str, stats: DomainStats) -> None:
+        """The kernel's values merged into the last good stats: they are the VM's values now,
+        but libvirt did not answer for them, so its sample time (and age) stays."""
+        entry = self._entries.get(uuid)
+        if entry is not None:
+            entry.stats = stats
+
     def partial(self, uuid: str, stats: DomainStats, sampled_at: float) -> None:
         """NOWAIT skipped this domain's monitor (job busy): keep the last good stats if any."""
         entry = self._entries.get(uuid)

@@ -210,6 +210,8 @@ class QemuKernelReader:
         self._ticks_per_second = os.sysconf("SC_CLK_TCK")
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._pids: dict[str, int] = {}  # uuid -> pid found before, checked again on each use
+        # One scan of /proc per read_domains at most, however many domains are not found
+        self._scanned: dict[str, int] | None = None
 
     # --- the QEMU process
 
@@ -220,7 +222,9 @@ class QemuKernelReader:
                 self._pids[uuid] = candidate
                 return candidate
         self._pids.pop(uuid, None)
-        found = self._scan().get(uuid)
+        if self._scanned is None:
+            self._scanned = self._scan()
+        found = self._scanned.get(uuid)
         if found is not None:
             self._pids[uuid] = found
         return found
@@ -273,10 +277,14 @@ class QemuKernelReader:
             except LinkDumpError as exc:
                 link_problem = str(exc)
         wait_kept = self._schedstats_enabled()
-        return {
-            domain.uuid: self._read_domain(domain, links, link_problem, wait_kept)
-            for domain in domains
-        }
+        self._scanned = None
+        try:
+            return {
+                domain.uuid: self._read_domain(domain, links, link_problem, wait_kept)
+                for domain in domains
+            }
+        finally:
+            self._scanned = None
 
     def read_domain(self, domain: DomainRef) -> KernelDomainStats:
         return self.read_domains([domain])[domain.uuid]
