@@ -25,7 +25,7 @@ from hostcollector.sources.qemu_kernel import (
     parse_sched_wait,
     parse_stat_cpu_ticks,
 )
-from hostcollector.sources.rtnetlink import parse_link
+from hostcollector.sources.rtnetlink import link_name, parse_link
 from hostcollector.sources.tap_counters import (
     NLMSG_DONE,
     RTM_NEWLINK,
@@ -33,6 +33,7 @@ from hostcollector.sources.tap_counters import (
     LinkDumpError,
     Tap,
     dump_request,
+    links_by_name,
     split_messages,
 )
 
@@ -445,6 +446,20 @@ def test_rx_missed_errors_decoded_as_pyroute2_decodes_it() -> None:
     link = parse_link(message)
     assert link.link_stats["rx_missed_errors"] == stats["rx_missed_errors"] == 5
     assert link.link_stats["tx_dropped"] == stats["tx_dropped"] == 4
+
+
+def test_only_the_named_links_are_decoded_and_a_name_is_read_as_parse_link_reads_it() -> None:
+    messages = [
+        link_message("br0", 3, {**TAP_COUNTERS, "rx_packets": 1}),
+        link_message("vnet0", 6, TAP_COUNTERS),
+        link_message("vnet1", 7, {**TAP_COUNTERS, "rx_packets": 2}),
+    ]
+    assert [link_name(m) for m in messages] == [parse_link(m).name for m in messages]
+    assert link_name(messages[0][:31]) is None  # cut inside ifinfomsg: no attribute
+    chosen = links_by_name(messages, {"vnet1", "vnet9"})
+    assert list(chosen) == ["vnet1"]
+    assert chosen["vnet1"] == parse_link(messages[2])
+    assert list(links_by_name(messages)) == ["br0", "vnet0", "vnet1"]
 
 
 def test_split_messages_stops_at_a_truncated_message() -> None:

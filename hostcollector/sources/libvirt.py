@@ -227,6 +227,8 @@ class LibvirtSource:
         self._kernel_lane = BlockingLane("libvirt-kernel")
         self._kernel_now: dict[str, tuple[KernelDomainStats, tuple[str, ...]]] = {}
         self._kernel_read_at: dict[str, float] = {}
+        # Domains whose fresh libvirt stats took the kernel's values this poll (_record)
+        self._kernel_recorded: set[str] = set()
         self._kernel_fallbacks: Counter[str] = Counter()
         self._last_listing: _Listing | None = None
         self._conn: Any = None  # the main connection: listing, metadata, events
@@ -304,7 +306,7 @@ class LibvirtSource:
             ]
             if late:
                 views |= await self._kernel_views(late, listing, deadline)
-            served = self._apply_kernel(listing, views, plan.query)
+            served = self._apply_kernel(listing, views, plan.query, merge=False)
             # Every poll, slow or not: the kernel's read costs no libvirtd time
             wanted = set(self._kernel_groups)
             lean = tuple(g for g in groups if g not in self._kernel_groups)
@@ -318,6 +320,8 @@ class LibvirtSource:
             await self._query(
                 rest, listing, deadline, tuple(g for g in groups if g in missing or g in lean)
             )
+            # Once per domain: those libvirt answered for took the kernel's values in _record
+            self._merge_kernel(listing, skip=self._kernel_recorded)
         if plan.probe:
             self._start_probe(plan.probe[0])
         domains, freshness = self._sample(listing)
@@ -378,12 +382,16 @@ class LibvirtSource:
         listing: _Listing,
         views: dict[str, _KernelRead],
         uuids: Sequence[str] | None = None,
+        *,
+        merge: bool = True,
     ) -> dict[str, set[str]]:
-        """Merges what the kernel serves of each domain (of `uuids`, if given) into its last
-        stats, and says which groups it served for each. A domain not served whole is counted,
-        by reason, once per poll."""
+        """Takes what the kernel serves of each domain (of `uuids`, if given), merged into its
+        last stats now if `merge` (else by _record and _merge_kernel once libvirt answered),
+        and says which groups it served for each. A domain not served whole is counted, by
+        reason, once per poll."""
         self._kernel_now = {}
         self._kernel_read_at = {}
+        self._kernel_recorded = set()
         wanted = self._kernel_groups
         served_by_uuid: dict[str, set[str]] = {}
         chosen = set(views if uuids is None else uuids) & set(listing.handles)
@@ -401,9 +409,20 @@ class LibvirtSource:
             self._kernel_now[domain.uuid] = (view, served)
             if set(served) == set(wanted):
                 self._kernel_read_at[domain.uuid] = read_at
+        if merge:
+            self._merge_kernel(listing)
+        return served_by_uuid
+
+    def _merge_kernel(
+        self, listing: _Listing, skip: set[str] | frozenset[str] = frozenset()
+    ) -> None:
+        """The kernel's values of this poll into each served domain's last stats (but those of
+        `skip`, which have them already)."""
+        for domain in listing.domains:
+            if domain.uuid not in self._kernel_now or domain.uuid in skip:
+                continue
             last = self._tracker.last_stats(domain.uuid) or DomainStats(domain.uuid, domain.name)
             self._tracker.kernel(domain.uuid, self._overlay(domain.uuid, last, listing))
-        return served_by_uuid
 
     def _overlay(self, uuid: str, stats: DomainStats, listing: _Listing | None) -> DomainStats:
         found = self._kernel_now.get(uuid)
@@ -508,9 +527,10 @@ class LibvirtSource:
             stats = self._overlay(uuid, stats, self._last_listing)
             if is_partial(raw, groups):
                 self._busy_domains += 1
-                self._tracker.partial(uuid, stats, sampled_at)
+                self._tracker.partial(uuid, stats, sampled_at)  # keeps the last: not recorded
             else:
                 self._tracker.fresh(uuid, stats, sampled_at)
+                self._kernel_recorded.add(uuid)
             if self._record_raw:
                 self._raw[uuid] = {"uuid": uuid, "name": name, "stats": dict(raw)}
 

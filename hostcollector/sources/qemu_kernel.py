@@ -271,9 +271,10 @@ class QemuKernelReader:
         """Every domain's kernel view, by uuid, with one link dump for all their taps."""
         links: dict[str, LinkInfo] | None = None
         link_problem = ""
-        if any(domain.taps for domain in domains):
+        names = {tap.ifname for domain in domains for tap in domain.taps}
+        if names:
             try:
-                links = self._links.links()
+                links = self._links.links(names)
             except LinkDumpError as exc:
                 link_problem = str(exc)
         wait_kept = self._schedstats_enabled()

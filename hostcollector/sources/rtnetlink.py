@@ -123,6 +123,19 @@ def _attributes(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, i
         offset += (length + 3) & ~3
 
 
+def link_name(data: bytes) -> str | None:
+    """IFLA_IFNAME alone, as parse_link decodes it: enough to choose which links to decode
+    whole (the kernel puts IFLA_IFNAME first, rtnl_fill_ifinfo in net/core/rtnetlink.c, so the
+    walk stops at once; a link with no name gives None after walking them all)."""
+    if len(data) < _HEADERS:
+        return None
+    (length,) = struct.unpack_from("=I", data, 0)
+    for kind, start, stop in _attributes(data, _HEADERS, min(length, len(data))):
+        if kind == IFLA_IFNAME:
+            return data[start:stop].split(b"\0", 1)[0].decode(errors="replace")
+    return None
+
+
 def parse_link(data: bytes) -> LinkInfo:
     name = num_vf = None
     link_stats: dict[str, int] = {}

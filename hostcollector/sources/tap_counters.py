@@ -20,11 +20,11 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from hostcollector.model import InterfaceStats
-from hostcollector.sources.rtnetlink import LinkInfo, parse_link
+from hostcollector.sources.rtnetlink import LinkInfo, link_name, parse_link
 
 # include/uapi/linux/netlink.h, rtnetlink.h, if_link.h
 NETLINK_ROUTE = 0
@@ -72,9 +72,15 @@ def split_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
         offset += (length + 3) & ~3
 
 
-def links_by_name(messages: Iterator[bytes] | list[bytes]) -> dict[str, LinkInfo]:
+def links_by_name(
+    messages: Iterator[bytes] | list[bytes], names: Collection[str] | None = None
+) -> dict[str, LinkInfo]:
+    """Each named link of the dump, decoded; of `names` only, if given (a host has many more
+    links than taps: bridges, bonds, VFs; only the name is read of the others)."""
     links = {}
     for message in messages:
+        if names is not None and link_name(message) not in names:
+            continue
         link = parse_link(message)
         if link.name is not None:
             links[link.name] = link
@@ -96,8 +102,9 @@ class LinkDump:
             self.close()
             raise LinkDumpError(f"RTM_GETLINK dump: {exc}") from exc
 
-    def links(self) -> dict[str, LinkInfo]:
-        return links_by_name(self.messages())
+    def links(self, names: Collection[str] | None = None) -> dict[str, LinkInfo]:
+        """Every link by name, or only those of `names`."""
+        return links_by_name(self.messages(), names)
 
     def _dump(self) -> list[bytes]:
         if self._socket is None:
