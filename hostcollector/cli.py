@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,23 +280,7 @@ def _run(config: Config) -> int:
     except ListenError as exc:
         print(f"hostcollector: {exc}", file=sys.stderr)
         return 2
-    _exit_past_hung_calls(log)
     return 0
-
-
-def _exit_past_hung_calls(log: logging.Logger) -> None:
-    """Everything is closed; a thread still in a call that hung (libvirtd stuck) cannot be
-    cancelled, and the interpreter's exit would wait for it (concurrent.futures joins its
-    workers), until systemd's TimeoutStopSec kills us. Leave without it."""
-    from hostcollector.sources.worker import calls_still_running
-
-    hung = calls_still_running()
-    if hung:
-        log.warning("exiting with %d call(s) still hung in a backend; not waiting for them", hung)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
 
 
 def _dump(config: Config, *, raw: bool, output: str) -> int:
