@@ -483,3 +483,20 @@ def booted_scratch_vm(name: str, uuid: str, ip: str, **tenant: str) -> Iterator[
             virsh_at(uri, "destroy", name, check=False)
         Path(disk).unlink(missing_ok=True)
         xml_path.unlink(missing_ok=True)
+
+
+def collect_once(config: Any) -> Any:
+    """A collector built as the daemon builds it (wiring), after one poll of every source."""
+    import asyncio
+
+    from hostcollector.wiring import build_collector
+
+    async def go() -> Any:
+        collector = build_collector(config)
+        try:
+            await collector.poll_all_once()
+        finally:
+            await collector.stop()
+        return collector
+
+    return asyncio.run(go())

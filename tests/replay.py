@@ -18,6 +18,7 @@ Replays poll on a long interval: a case is one poll of each source, however long
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -280,3 +281,21 @@ class RecordedLinks:
 
     def close(self) -> None:
         pass
+
+
+def poll_sriov(
+    sysfs: Path, links: RecordedLinks | None = None, record_raw: bool = False
+) -> SriovSample:
+    """One poll of the real SriovSource over a sysfs tree, netlink answered by `links`."""
+    from hostcollector.sources.sriov import SriovSource
+
+    source = SriovSource(SriovConfig(sysfs_root=str(sysfs)), record_raw=record_raw)
+    source._links = links or RecordedLinks()  # type: ignore[assignment]
+
+    async def go() -> SriovSample:
+        try:
+            return await source.poll()
+        finally:
+            await source.close()
+
+    return asyncio.run(go())

@@ -66,3 +66,16 @@ def snapshot_from_raw(
         libvirt=HEALTH,
         self_series=(*source_samples(SOURCE_UP), *libvirt_samples(HEALTH)),
     )
+
+
+def one_series(text: str, name: str, **labels: str) -> tuple[dict[str, str], float]:
+    """The one sample of family `name` in an exposition whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    (found,) = [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+    return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,7 +16,7 @@ from hostcollector.model import NvmlSample
 from hostcollector.sources.gpu_sysfs import scan_nvidia_gpus
 from hostcollector.sources.nvml import NvmlSource, normalize_pci
 from tests.gpu_fixtures import ASSIGNED, make_gpu_sysfs
-from tests.snapshots import snapshot_from_raw
+from tests.snapshots import one_series, snapshot_from_raw
 
 
 def poll(config: NvmlConfig) -> NvmlSample:
@@ -79,19 +80,8 @@ def test_passthrough_gpu_attributed_and_rendered(tmp_path: Path) -> None:
     gpus = attribute_gpus(sample.gpus, {acme.stats.uuid: (ASSIGNED,)}, {}, base.vms)
     snapshot = dataclasses.replace(base, gpus=gpus, nvml_available=False)
     text = render(snapshot).decode()
-    series = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-    def one(name: str, **labels: str) -> tuple[dict[str, str], float]:
-        (found,) = [
-            (dict(k), v)
-            for (n, k), v in series.items()
-            if n == name and set(labels.items()) <= set(k)
-        ]
-        return found
+    names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    one = functools.partial(one_series, text)
 
     labels, visible = one("hostcollector_gpu_nvml_visible", pci_address=ASSIGNED)
     assert (
@@ -115,7 +105,7 @@ def test_passthrough_gpu_attributed_and_rendered(tmp_path: Path) -> None:
         "hostcollector_gpu_power_watts",
         "hostcollector_gpu_lost",
     ):
-        assert not [k for (n, k) in series if n == name]
+        assert name not in names
 
 
 def test_nvml_bus_ids_match_sysfs_addresses() -> None:

@@ -4,17 +4,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hostcollector.collector import Collector
 from hostcollector.config import Config, NvmlConfig, SourcesConfig, SriovConfig
-from hostcollector.wiring import build_collector
 from tests.gpu_fixtures import ASSIGNED, make_gpu_sysfs
-from tests.labkit import ACME, GLOBEX, defined_domain_xml, require_lab, virsh
+from tests.labkit import ACME, GLOBEX, collect_once, defined_domain_xml, require_lab, virsh
 from tests.nvml_stub import stub
 from tests.nvml_stub.stub import SCENARIO_ENV, write_scenario
 from tests.test_nvml import ACME_VM, GLOBEX_VMS, ORPHAN_VM
@@ -47,18 +44,6 @@ def gpu_vms(tmp_path: Path) -> Iterator[str]:
             virsh("undefine", name, check=False)
 
 
-def collect(config: Config) -> Collector:
-    async def go() -> Collector:
-        collector = build_collector(config)
-        try:
-            await collector.poll_all_once()
-        finally:
-            await collector.stop()
-        return collector
-
-    return asyncio.run(go())
-
-
 def test_passthrough_gpu_reaches_its_vm_and_tenant(gpu_vms: str, tmp_path: Path) -> None:
     sysfs = make_gpu_sysfs(tmp_path / "root")
     config = Config(
@@ -67,7 +52,7 @@ def test_passthrough_gpu_reaches_its_vm_and_tenant(gpu_vms: str, tmp_path: Path)
             nvml=NvmlConfig(library_path=str(tmp_path / "no-nvml.so"), sysfs_root=str(sysfs)),
         )
     )
-    snapshot = collect(config).build_snapshot()
+    snapshot = collect_once(config).build_snapshot()
     assert snapshot.nvml_available is False
     owners = {
         a.gpu.pci_address: (a.vm_uuid, a.tenant_id, a.gpu.pcie and a.gpu.pcie.aer_correctable)
@@ -92,7 +77,7 @@ def test_mdev_vgpu_reaches_the_domain_holding_its_mdev(
             nvml=NvmlConfig(library_path=str(stub_path), sysfs_root=str(tmp_path / "none")),
         )
     )
-    snapshot = collect(config).build_snapshot()
+    snapshot = collect_once(config).build_snapshot()
     assert snapshot.nvml_available is True
     owners = {
         v.mdev_uuid: vm

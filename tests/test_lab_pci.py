@@ -4,18 +4,15 @@ from a sysfs tree on disk (tests/pci_fixtures.py) at the libvirt source's sysfs_
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hostcollector.collector import Collector
 from hostcollector.config import Config, LibvirtConfig, NvmlConfig, SourcesConfig, SriovConfig
 from hostcollector.exposition import render
-from hostcollector.wiring import build_collector
-from tests.labkit import ACME, GLOBEX, defined_domain_xml, require_lab, virsh
+from tests.labkit import ACME, GLOBEX, collect_once, defined_domain_xml, require_lab, virsh
 from tests.pci_fixtures import NIC_VF, NVME, make_pci_sysfs
 
 pytestmark = [pytest.mark.lab]
@@ -49,18 +46,6 @@ def pci_vms(tmp_path: Path) -> Iterator[None]:
             virsh("undefine", name, check=False)
 
 
-def collect(config: Config) -> Collector:
-    async def go() -> Collector:
-        collector = build_collector(config)
-        try:
-            await collector.poll_all_once()
-        finally:
-            await collector.stop()
-        return collector
-
-    return asyncio.run(go())
-
-
 def test_a_passed_through_nvme_reaches_its_vm_and_tenant(pci_vms: None, tmp_path: Path) -> None:
     sysfs = make_pci_sysfs(tmp_path / "root")
     config = Config(
@@ -70,7 +55,7 @@ def test_a_passed_through_nvme_reaches_its_vm_and_tenant(pci_vms: None, tmp_path
             nvml=NvmlConfig(enabled=False),
         )
     )
-    snapshot = collect(config).build_snapshot()
+    snapshot = collect_once(config).build_snapshot()
     owners = {
         (a.device.pci_address, a.vm_uuid): (a.tenant_id, a.device) for a in snapshot.pci_devices
     }

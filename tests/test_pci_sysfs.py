@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from hostcollector.sources.gpu_sysfs import scan_nvidia_gpus
 from hostcollector.sources.pci_sysfs import read_pci_device, read_pci_devices, upstream_port
 from tests.gpu_fixtures import make_gpu_sysfs
 from tests.pci_fixtures import NIC_PF, NIC_VF, NO_AER, NVME, PciFunction, make_pci_sysfs
-from tests.snapshots import snapshot_from_raw
+from tests.snapshots import one_series, snapshot_from_raw
 
 
 def test_errors_counted_at_the_root_port_are_read_there(tmp_path: Path) -> None:
@@ -134,15 +135,9 @@ def test_hostdevs_attributed_rendered_and_scoped(tmp_path: Path) -> None:
     health = read_pci_devices(make_pci_sysfs(tmp_path), [a for v in held.values() for a in v])
     held[globex.stats.uuid] += ("0000:99:00.0",)  # an address the host does not have
     snapshot = dataclasses.replace(base, pci_devices=attribute_pci_devices(held, health, base.vms))
-    series = _series(render(snapshot).decode())
-
-    def one(name: str, **labels: str) -> tuple[dict[str, str], float]:
-        (found,) = [
-            (dict(k), v)
-            for (n, k), v in series.items()
-            if n == name and set(labels.items()) <= set(k)
-        ]
-        return found
+    text = render(snapshot).decode()
+    series = _series(text)
+    one = functools.partial(one_series, text)
 
     aer = "hostcollector_pci_device_aer_correctable_errors_total"
     labels, value = one(aer, pci_address=NIC_PF.address, counted_at="upstream_port")

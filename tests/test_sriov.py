@@ -3,7 +3,6 @@ a sysfs tree on disk (tests/sriov_fixtures.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -15,14 +14,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hostcollector.attribution import attribute_vfs
-from hostcollector.config import SriovConfig
 from hostcollector.exposition import render
 from hostcollector.model import PfStats, SriovSample
 from hostcollector.sources.domain_xml import domain_devices
 from hostcollector.sources.rtnetlink import parse_link
-from hostcollector.sources.sriov import SriovSource, build_pf_sample
+from hostcollector.sources.sriov import build_pf_sample
 from hostcollector.sources.sriov_sysfs import discover_pfs, read_vf_sysfs_stats
-from tests.replay import RecordedLinks
+from tests.replay import RecordedLinks, poll_sriov
 from tests.snapshots import snapshot_from_raw
 from tests.sriov_fixtures import FIXTURE, SCENARIO, link_message, make_sysfs, recording, vf_counters
 
@@ -30,21 +28,6 @@ from tests.sriov_fixtures import FIXTURE, SCENARIO, link_message, make_sysfs, re
 @pytest.fixture
 def sysfs(tmp_path: Path) -> Path:
     return make_sysfs(tmp_path / "root")
-
-
-def collect(
-    sysfs: Path, links: RecordedLinks | None = None, record_raw: bool = False
-) -> SriovSample:
-    source = SriovSource(SriovConfig(sysfs_root=str(sysfs)), record_raw=record_raw)
-    source._links = links or RecordedLinks()  # type: ignore[assignment]
-
-    async def go() -> SriovSample:
-        try:
-            return await source.poll()
-        finally:
-            await source.close()
-
-    return asyncio.run(go())
 
 
 def test_the_fixture_file_is_what_the_builder_makes() -> None:
@@ -144,7 +127,7 @@ def test_mlx5_style_sysfs_stats_file(tmp_path: Path) -> None:
 
 def test_source_polls_one_pf_at_a_time_and_records_raw(sysfs: Path) -> None:
     links = RecordedLinks()
-    sample = collect(sysfs, links, record_raw=True)
+    sample = poll_sriov(sysfs, links, record_raw=True)
     assert links.asked == [4, 5, 6]
     assert [pf.name for pf in sample.pfs] == ["enp59s0f0", "enp59s0f1", "enp94s0f0"]
     assert len(sample.vfs) == 4 + 2 + 240
@@ -156,18 +139,18 @@ def test_pfs_and_vfs_coming_and_going(sysfs: Path) -> None:
     # a PF that vanished between sysfs and netlink (driver reload) is skipped
     links = RecordedLinks()
     del links.by_index[5]
-    assert [pf.name for pf in collect(sysfs, links).pfs] == ["enp59s0f0", "enp94s0f0"]
+    assert [pf.name for pf in poll_sriov(sysfs, links).pfs] == ["enp59s0f0", "enp94s0f0"]
     # sriov_numvfs lowered to 2 while the kernel still listed 4: no truncation, unknown PCI
     (sysfs / "sys/devices/pci0000:00/0000:3b:00.0/sriov_numvfs").write_text("2\n")
     for index in (2, 3):
         (sysfs / f"sys/devices/pci0000:00/0000:3b:00.0/virtfn{index}").unlink()
-    sample = collect(sysfs)
+    sample = poll_sriov(sysfs)
     first = [vf for vf in sample.vfs if vf.pf == "enp59s0f0"]
     assert [vf.pci_address for vf in first] == ["0000:3b:02.0", "0000:3b:02.1", None, None]
     assert not sample.pfs[0].truncated
     # every PF gone: no data, no error
     shutil.rmtree(sysfs / "sys/class/net")
-    assert collect(sysfs) == SriovSample((), (), None)
+    assert poll_sriov(sysfs) == SriovSample((), (), None)
 
 
 def test_hostdev_addresses_from_domain_xml() -> None:
@@ -187,7 +170,7 @@ def test_hostdev_addresses_from_domain_xml() -> None:
 
 
 def test_vfs_attributed_to_vms_and_tenants_and_rendered(sysfs: Path) -> None:
-    sample = collect(sysfs)
+    sample = poll_sriov(sysfs)
     base = snapshot_from_raw()
     acme = next(vm for vm in base.vms if vm.stats.name == "hc-lab-a1")
     globex = next(vm for vm in base.vms if vm.stats.name == "hc-lab-b1")

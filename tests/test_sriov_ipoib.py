@@ -4,7 +4,6 @@ scenario, which must come out as it did."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import struct
 from pathlib import Path
@@ -13,13 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hostcollector.attribution import attribute_vfs
-from hostcollector.config import SriovConfig
 from hostcollector.exposition import render
-from hostcollector.model import SriovSample
 from hostcollector.sources.rtnetlink import format_guid, parse_link
-from hostcollector.sources.sriov import SriovSource
 from hostcollector.sources.sriov_sysfs import discover_pfs
-from tests.replay import RecordedLinks
+from tests.replay import RecordedLinks, poll_sriov
 from tests.snapshots import snapshot_from_raw
 from tests.sriov_fixtures import (
     IPOIB_ADDRESS,
@@ -40,19 +36,6 @@ IB_ADDRESS_TEXT = ":".join(f"{b:02x}" for b in IPOIB_ADDRESS)
 @pytest.fixture
 def sysfs(tmp_path: Path) -> Path:
     return make_sysfs(tmp_path / "root", PFS)
-
-
-def collect(sysfs: Path, pfs: list = PFS) -> SriovSample:  # type: ignore[type-arg]
-    source = SriovSource(SriovConfig(sysfs_root=str(sysfs)))
-    source._links = RecordedLinks(recording(pfs))  # type: ignore[assignment]
-
-    async def go() -> SriovSample:
-        try:
-            return await source.poll()
-        finally:
-            await source.close()
-
-    return asyncio.run(go())
 
 
 def test_ipoib_pf_is_discovered_by_sriov_capability_and_its_pkey_child_is_not(
@@ -129,8 +112,10 @@ def test_ipoib_guids_agree_with_pyroute2() -> None:
 def test_ipoib_vf_counters_and_guids_reach_the_vms_tenant_ethernet_unchanged(
     sysfs: Path,
 ) -> None:
-    sample = collect(sysfs)
-    ethernet_only = collect(make_sysfs(sysfs.parent / "ethernet", SCENARIO), SCENARIO)
+    sample = poll_sriov(sysfs, RecordedLinks(recording(PFS)))
+    ethernet_only = poll_sriov(
+        make_sysfs(sysfs.parent / "ethernet", SCENARIO), RecordedLinks(recording(SCENARIO))
+    )
     assert [vf for vf in sample.vfs if vf.pf != "ibp175s0"] == list(ethernet_only.vfs)
     assert {vf.link_type for vf in ethernet_only.vfs} == {"ether"}
     assert all(vf.node_guid is None for vf in ethernet_only.vfs)

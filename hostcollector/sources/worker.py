@@ -3,28 +3,81 @@
 A Python thread blocked in libvirt or NVML cannot be cancelled: when the deadline passes we stop
 waiting and the thread is abandoned. A lane has a fixed number of threads; while they are all
 taken (by running or abandoned calls), further calls are refused at once instead of piling up in
-the executor's queue behind a call that may never return.
+the executor's queue behind a call that may never return. The threads are daemons: the
+interpreter's exit must not wait for an abandoned one (concurrent.futures' ThreadPoolExecutor
+joins its workers at exit, so a hung libvirtd would hold a stopping daemon until systemd's
+TimeoutStopSec killed it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hostcollector.errors import SourceError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_Work = tuple["concurrent.futures.Future[Any]", Callable[[], Any]]
+
+
+class _DaemonThreads(concurrent.futures.Executor):
+    """A fixed set of daemon threads taking calls from one queue (what the lane needs of
+    ThreadPoolExecutor, without its join at interpreter exit)."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}_{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(  # type: ignore[override]
+        self, fn: Callable[[], T], /
+    ) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._work.put((future, fn))
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, fn = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the waiting coroutine, as the pool does
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in self._threads:
+            self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 class BlockingLane:
     def __init__(self, name: str, threads: int = 1) -> None:
         self._name = name
         self._threads = threads
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix=f"hc-{name}"
-        )
+        self._executor = _DaemonThreads(threads, f"hc-{name}")
         self._in_flight: set[asyncio.Future[Any]] = set()
 
     @property
@@ -60,4 +113,10 @@ class BlockingLane:
             future.exception()
 
     def shutdown(self) -> None:
+        if self._in_flight:
+            log.warning(
+                "%s: %d call(s) still hung in a backend at shutdown; not waiting for them",
+                self._name,
+                len(self._in_flight),
+            )
         self._executor.shutdown(wait=False, cancel_futures=True)
