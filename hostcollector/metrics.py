@@ -1321,6 +1321,11 @@ LIBVIRT_KERNEL_FALLBACKS_TOTAL = _self_family(
     "Times a running VM's CPU, vCPU or NIC values could not be read from the kernel (sources.libvirt.kernel_path) and were asked from libvirt, by reason: not_found (no QEMU process names its uuid), cpu_total, vcpu, interface (that group could not be read), timeout or busy (the kernel read itself did not end in time; counted per VM).",
     ("reason",),
 )
+LIBVIRT_CONTROL_INFO_CALLS_TOTAL = _self_family(
+    "libvirt_control_info_calls_total",
+    "counter",
+    "virDomainGetControlInfo calls: asked of a running VM when first seen, then only while it looks suspect (a job or lifecycle event, a partial NOWAIT answer, quarantine, a state not OK, a chunk that overran); none for the others.",
+)
 VMS = _self_family("vms", "gauge", "VMs exported, in any state.")
 VFS = _self_family("vfs", "gauge", "SR-IOV VFs exported.")
 NVML_AVAILABLE = _self_family(

@@ -152,6 +152,8 @@ class LibvirtHealth:
     busy_domains_total: int
     # VMs the kernel path could not serve, asked from libvirt instead, by reason
     kernel_fallbacks_by_reason: tuple[tuple[str, int], ...] = ()
+    # virDomainGetControlInfo calls: new, suspect and overrun domains only
+    control_info_calls_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,8 @@ class FakeVm:
     in_monitor_since: float | None = None  # time.monotonic() the current monitor call began
     reads: int = 0
     definition: str | None = None  # the domain XML, where a test gives one
+    domain_id: int = 1  # libvirt's id of the running domain
+    control_calls: int = 0  # virDomainGetControlInfo calls it answered
 
     def xml(self) -> str:
         if self.definition is not None:
@@ -274,9 +276,14 @@ class FakeDomain:
     def name(self) -> str:
         return self._name
 
+    def ID(self) -> int:
+        """virDomainGetID: the handle's own id, no libvirtd call; every fake domain runs."""
+        return self._vm().domain_id
+
     def controlInfo(self, flags: int = 0) -> list[int]:
         """[virDomainControlState, its details, milliseconds in that state]."""
         vm = self._vm()
+        vm.control_calls += 1
         since = vm.in_monitor_since
         if since is None:
             return [VIR_DOMAIN_CONTROL_OK, 0, 0]

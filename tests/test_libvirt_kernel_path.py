@@ -77,12 +77,6 @@ class Host:
             Thread(4101, "CPU 0/KVM", 100 * step, 10 * step, 0, 7_000_000 * step),
             Thread(4102, "CPU 1/KVM", 200 * step, 20 * step, 0, 9_000_000 * step),
         ]
-        proc = self.root / "proc"
-        for pid in ("4100", "4200"):
-            if (proc / pid).exists():
-                for entry in sorted((proc / pid).rglob("*"), reverse=True):
-                    entry.unlink() if entry.is_file() else entry.rmdir()
-                (proc / pid).rmdir()
         make_proc(
             self.root,
             Qemu(4100, A1, "hc-lab-a1", V2_NESTED, vcpus),

@@ -84,12 +84,15 @@ class Qemu:
     resident_pages: int = 63009
 
 
-def stat_line(pid: int, comm: str, utime: int, stime: int) -> str:
+def stat_line(
+    pid: int, comm: str, utime: int, stime: int, threads: int = 8, rss: int = 62968
+) -> str:
     """/proc/<pid>/stat as the kernel writes it (fs/proc/array.c do_task_stat), from a lab
-    vCPU thread's, with utime and stime (fields 14, 15) replaced."""
+    vCPU thread's, with utime and stime (fields 14, 15), num_threads (20) and rss (24)
+    replaced."""
     return (
         f"{pid} ({comm}) S 22517 22621 22621 0 -1 138412224 3528 0 0 0 {utime} {stime} 0 0 20 0 "
-        "8 0 1682950 2035998720 62968 18446744073709551615 94562519908352 94562525768789 "
+        f"{threads} 0 1682950 2035998720 {rss} 18446744073709551615 94562519908352 94562525768789 "
         "140723358447840 0 0 0 2147220087 4096 16451 1 0 0 -1 1 0 0 0 0 0 94562528880888 "
         "94562534085040 94562894286848 140723358455584 140723358457389 140723358457389 "
         "140723358457820 0\n"
@@ -111,10 +114,13 @@ def sched_file(comm: str, tid: int, wait_line: str | None) -> str:
 
 
 def make_proc(root: Path, *qemus: Qemu, schedstats: str | None = None) -> Path:
+    """The tree of /proc for these processes; again over an existing tree, it rewrites each
+    file in place (same inode), as the kernel's files are read again by a reader that keeps
+    them open."""
     proc = root / "proc"
     for qemu in qemus:
         base = proc / str(qemu.pid)
-        (base / "task").mkdir(parents=True)
+        (base / "task").mkdir(parents=True, exist_ok=True)
         (base / "cmdline").write_bytes(
             b"\0".join(
                 [
@@ -130,11 +136,14 @@ def make_proc(root: Path, *qemus: Qemu, schedstats: str | None = None) -> Path:
             + b"\0"
         )
         (base / "cgroup").write_text(qemu.cgroup)
-        (base / "statm").write_text(f"497070 {qemu.resident_pages} 5950 1431 0 377045 0\n")
         threads = [Thread(qemu.pid, "qemu-system-x86", 1200, 300), *qemu.threads]
+        # the process's own stat: the sums over its threads, its thread count and RSS
+        (base / "stat").write_text(
+            stat_line(qemu.pid, "qemu-system-x86", 1, 1, len(threads), qemu.resident_pages)
+        )
         for thread in threads:
             task = base / "task" / str(thread.tid)
-            task.mkdir()
+            task.mkdir(exist_ok=True)
             (task / "comm").write_text(thread.comm + "\n")
             (task / "stat").write_text(
                 stat_line(thread.tid, thread.comm, thread.utime, thread.stime)
@@ -142,7 +151,7 @@ def make_proc(root: Path, *qemus: Qemu, schedstats: str | None = None) -> Path:
             (task / "schedstat").write_text(f"{thread.run_ns} {thread.delay_ns} 437564\n")
             (task / "sched").write_text(sched_file(thread.comm, thread.tid, thread.sched_wait))
     if schedstats is not None:
-        (proc / "sys/kernel").mkdir(parents=True)
+        (proc / "sys/kernel").mkdir(parents=True, exist_ok=True)
         (proc / "sys/kernel/sched_schedstats").write_text(schedstats + "\n")
     return proc
 
@@ -222,7 +231,9 @@ def interface_problems(stats: KernelDomainStats) -> list[tuple[str, str]]:
     return [problem for problem in stats.problems if problem[0].startswith("interface")]
 
 
-def reader(tmp_path: Path, proc: Path, dump: LinkDump | None = None) -> QemuKernelReader:
+def reader(
+    tmp_path: Path, proc: Path, dump: LinkDump | None = None, max_open_files: int = 1000
+) -> QemuKernelReader:
     pidfiles = tmp_path / "run"
     pidfiles.mkdir(exist_ok=True)
     return QemuKernelReader(
@@ -230,6 +241,7 @@ def reader(tmp_path: Path, proc: Path, dump: LinkDump | None = None) -> QemuKern
         cgroup_root=str(tmp_path / "cgroup"),
         pidfile_dir=str(pidfiles),
         links=dump or RecordedDump(datagram()),
+        max_open_files=max_open_files,
     )
 
 
@@ -337,7 +349,6 @@ def test_an_unreadable_file_loses_only_its_value(tmp_path: Path) -> None:
     schedstat = proc / "500/task/22631/schedstat"
     schedstat.unlink()
     schedstat.mkdir()  # reading it fails with EISDIR, as an unreadable file would (even as root)
-    (proc / "500/statm").write_text("")
 
     stats = reader(tmp_path, proc).read_domain(DomainRef(UUID, NAME))
 
@@ -345,8 +356,8 @@ def test_an_unreadable_file_loses_only_its_value(tmp_path: Path) -> None:
     assert stats.vcpus[0].delay_seconds == 145.864162654
     assert stats.vcpus[1].delay_seconds is None
     assert stats.vcpus[1].time_seconds == (14100 + 350) / TICKS
-    assert stats.rss_bytes is None
-    assert [name for name, _ in stats.problems] == ["cpu", "vcpu.1.delay", "rss"]
+    assert stats.rss_bytes == 63009 * PAGE
+    assert [name for name, _ in stats.problems] == ["cpu", "vcpu.1.delay"]
     assert "Is a directory" in dict(stats.problems)["vcpu.1.delay"]
     assert not stats.serves("vcpu") and not stats.serves("cpu_total") and stats.serves("interface")
 

@@ -65,7 +65,12 @@ from hostcollector.sources.libvirt_kernel import (
     served_groups,
 )
 from hostcollector.sources.libvirt_stats import carry_over, is_partial, parse_domain_stats
-from hostcollector.sources.libvirt_tracker import CONTROL_OCCUPIED, DomainTracker, ListedDomain
+from hostcollector.sources.libvirt_tracker import (
+    CONTROL_OCCUPIED,
+    CONTROL_OK,
+    DomainTracker,
+    ListedDomain,
+)
 from hostcollector.sources.pci_sysfs import read_pci_devices
 from hostcollector.sources.qemu_kernel import DomainRef, KernelDomainStats, QemuKernelReader
 from hostcollector.sources.tap_counters import Tap
@@ -241,7 +246,12 @@ class LibvirtSource:
         self._busy_domains = 0
         self._metadata: dict[str, _CachedDefinition] = {}
         self._stale: set[str] = set()  # UUIDs whose metadata an event said changed
+        # UUIDs whose control state to ask next listing (an event, a partial answer)
+        self._flagged: set[str] = set()
         self._stale_lock = threading.Lock()
+        # Each running domain's control state when last asked (_suspects says when that is)
+        self._controls: dict[str, _Control] = {}
+        self._control_calls = 0
         # Lifecycle events as far as live migration goes: which VMs remote write leaves to the
         # other host now (handover.py).
         self.handover = Handover() if handover is None else handover
@@ -258,6 +268,7 @@ class LibvirtSource:
             quarantines_total=self._tracker.quarantines_total,
             busy_domains_total=self._busy_domains,
             kernel_fallbacks_by_reason=tuple(sorted(self._kernel_fallbacks.items())),
+            control_info_calls_total=self._control_calls,
         )
 
     async def poll(self) -> LibvirtSample:
@@ -269,8 +280,11 @@ class LibvirtSource:
             # Alongside the listing, for the domains of the last one: while libvirtd does not
             # answer, the listing takes the whole deadline and leaves the kernel no time after.
             early = asyncio.ensure_future(self._kernel_views(last.domains, last, deadline))
+        suspects = self._suspects()
         try:
-            listing = await self._main.call(self._list, self.config.timeout_seconds)
+            listing = await self._main.call(
+                lambda: self._list(suspects), self.config.timeout_seconds
+            )
         except SourceError as exc:
             if exc.reason == "timeout":
                 self._timeouts["list"] += 1
@@ -360,9 +374,9 @@ class LibvirtSource:
         """The kernel's view of each of `domains` that is active, with when it was read."""
         kernel = self._kernel
         refs = [
-            DomainRef(d.uuid, d.name, _taps(listing, d.uuid))
+            DomainRef(d.uuid, d.name, _taps(listing, d.uuid), d.domain_id)
             for d in domains
-            if d.control_state is not None  # inactive: no QEMU process to read
+            if d.domain_id is not None  # inactive: no QEMU process to read
         ]
         if kernel is None or not refs:
             return {}
@@ -527,6 +541,8 @@ class LibvirtSource:
             stats = self._overlay(uuid, stats, self._last_listing)
             if is_partial(raw, groups):
                 self._busy_domains += 1
+                with self._stale_lock:
+                    self._flagged.add(uuid)  # its control state asked next listing
                 self._tracker.partial(uuid, stats, sampled_at)  # keeps the last: not recorded
             else:
                 self._tracker.fresh(uuid, stats, sampled_at)
@@ -563,7 +579,19 @@ class LibvirtSource:
 
     # -- everything below runs in a lane thread ------------------------------------------------
 
-    def _list(self) -> _Listing:
+    def _suspects(self) -> set[str]:
+        """Domains asked for their control state in this listing, besides the new ones: those a
+        job or lifecycle event named, those whose NOWAIT answer came back partial (job busy)
+        last poll, the quarantined, and those not OK when last asked (a job, a busy monitor).
+        The rest are taken as OK, as they were last asked: virDomainGetControlInfo is a
+        libvirtd round trip per domain (~0.1 ms each), and a monitor that hangs mid-poll is
+        found by the chunk overrun anyway (_isolate_and_retry asks the chunk's members)."""
+        with self._stale_lock:
+            flagged, self._flagged = self._flagged, set()
+        not_ok = {uuid for uuid, (state, _) in self._controls.items() if state != CONTROL_OK}
+        return flagged | not_ok | self._tracker.quarantined_uuids()
+
+    def _list(self, suspects: set[str]) -> _Listing:
         libvirt = _libvirt()
         conn = self._connection(libvirt)
         try:
@@ -580,13 +608,22 @@ class LibvirtSource:
         now = time.monotonic()
         for dom in handles:
             uuid = dom.UUIDString()
-            control = self._control_info(dom)
-            if control is _VANISHED:
-                continue
+            domain_id = _running_id(dom)
+            control: _Control = (None, 0.0)  # inactive: no control interface
+            if domain_id is None:
+                self._controls.pop(uuid, None)
+            elif uuid in suspects or uuid not in self._controls:
+                asked = self._control_info(dom)
+                if asked is _VANISHED:
+                    continue
+                self._control_calls += 1
+                self._controls[uuid] = control = asked
+            else:
+                control = self._controls[uuid]
             cached = self._cached_metadata(libvirt, dom, uuid, now)
             if cached is _VANISHED:
                 continue
-            domains.append(ListedDomain(uuid, dom.name(), *control))
+            domains.append(ListedDomain(uuid, dom.name(), *control, domain_id=domain_id))
             by_uuid[uuid] = dom
             claims[uuid] = cached.claim if cached else None
             if cached and cached.devices.pci:
@@ -597,6 +634,8 @@ class LibvirtSource:
                 devices[uuid] = cached.devices
         for gone in self._metadata.keys() - by_uuid.keys():
             del self._metadata[gone]
+        for gone in self._controls.keys() - by_uuid.keys():
+            del self._controls[gone]
         for gone in self._raw.keys() - by_uuid.keys():
             del self._raw[gone]
         # The hostdevs' PCIe side, read fresh each poll (AER counters move): plain sysfs reads,
@@ -622,8 +661,9 @@ class LibvirtSource:
         controls = {}
         for uuid in uuids:
             control = self._control_info(handles[uuid])
+            self._control_calls += 1
             if control is not _VANISHED:
-                controls[uuid] = control
+                controls[uuid] = self._controls[uuid] = control
         return controls
 
     def _stats(
@@ -703,6 +743,14 @@ class LibvirtSource:
             # hostdevs attached or detached at run time change the VF and GPU attribution
             for event in ("VIR_DOMAIN_EVENT_ID_DEVICE_ADDED", "VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED"):
                 conn.domainEventRegisterAny(None, getattr(libvirt, event), self._on_device, None)
+            # a job starting sends no event of its own; a migration's iterations and any job's
+            # end do, and make the domain's control state asked (_suspects)
+            for event in (
+                "VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION",
+                "VIR_DOMAIN_EVENT_ID_JOB_COMPLETED",
+            ):
+                if hasattr(libvirt, event):
+                    conn.domainEventRegisterAny(None, getattr(libvirt, event), self._on_job, None)
         except libvirt.libvirtError as exc:
             # Events are an optimisation: without them metadata_refresh_seconds still applies.
             log.warning(
@@ -788,9 +836,15 @@ class LibvirtSource:
     def _on_device(self, _conn: Any, dom: Any, _alias: str, _opaque: Any) -> None:
         self._mark_stale(dom)
 
+    def _on_job(self, _conn: Any, dom: Any, *_args: Any) -> None:
+        """A migration iteration or a job that completed: its control state is asked next."""
+        with self._stale_lock:
+            self._flagged.add(dom.UUIDString())
+
     def _mark_stale(self, dom: Any) -> None:
         with self._stale_lock:
             self._stale.add(dom.UUIDString())
+            self._flagged.add(dom.UUIDString())
 
     def collect(self) -> Iterator[Sample]:
         """Its health as self-metrics (selfmetrics.SelfMetrics)."""
@@ -800,6 +854,13 @@ class LibvirtSource:
 def _taps(listing: _Listing | None, uuid: str) -> tuple[Tap, ...]:
     devices = listing.devices.get(uuid) if listing is not None else None
     return devices.taps if devices is not None else ()
+
+
+def _running_id(dom: Any) -> int | None:
+    """The running domain's id (virDomainGetID: the handle's own, no libvirtd call); None when
+    inactive (-1, which libvirt-python returns as an unsigned int)."""
+    domain_id = int(dom.ID())
+    return None if domain_id in (-1, 0xFFFFFFFF) else domain_id
 
 
 def _describe(exc: Any) -> str:

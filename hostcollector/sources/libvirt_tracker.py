@@ -29,8 +29,11 @@ CONTROL_OCCUPIED = 2  # a monitor command is running; stateTime says for how lon
 class ListedDomain:
     uuid: str
     name: str
-    control_state: int | None  # None: unknown (inactive domain, or the call failed)
+    # virDomainGetControlInfo when last asked (libvirt.py _suspects says when); None: unknown
+    # (inactive domain, or the call failed)
+    control_state: int | None
     control_seconds: float = 0.0  # how long the control interface has been in that state
+    domain_id: int | None = None  # libvirt's id of the running domain; None: inactive
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,9 @@ class DomainTracker:
     def last_stats(self, uuid: str) -> DomainStats | None:
         entry = self._entries.get(uuid)
         return entry.stats if entry else None
+
+    def quarantined_uuids(self) -> set[str]:
+        return {uuid for uuid, entry in self._entries.items() if entry.quarantined_until}
 
     @property
     def quarantined(self) -> int:

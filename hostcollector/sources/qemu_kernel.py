@@ -27,16 +27,20 @@ src/qemu/qemu_driver.c, src/util/vircgroup*.c, src/util/virprocess.c):
   accel/*-accel-ops.c: "CPU %d/KVM", "CPU %d/TCG"); with debug-threads=on, which libvirt
   always sets (`-name guest=...,debug-threads=on`). State is VIR_VCPU_RUNNING (1) for each,
   as libvirt sets it for every online vCPU.
-- balloon.rss (virProcessGetStatInfo: /proc/<pid>/stat rss * page size): statm's resident, the
-  same get_mm_rss() count, in bytes (libvirt: KiB).
+- balloon.rss (virProcessGetStatInfo): /proc/<pid>/stat's rss (field 24) * page size, in
+  bytes (libvirt: KiB). The same read gives the thread count, which says when to list the vCPU
+  threads again.
 
 The QEMU pid: libvirt's pidfile `<run_dir>/<name>.pid` (mode 0644, so readable by an
 unprivileged daemon), else a scan of /proc/*/cmdline for `-uuid <uuid>`; either way the pid's
-cmdline must still name the domain's uuid (a pid reused by another process names none).
+cmdline must still name the domain's uuid (a pid reused by another process names none). It is
+looked up once per running domain (libvirt id): its files are then kept open and read with one
+pread each per poll (_KeptFile), and a process that ended answers ESRCH on them.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Sequence
@@ -70,6 +74,8 @@ class DomainRef:
     uuid: str
     name: str
     taps: tuple[Tap, ...] = ()
+    # libvirt's id of the running domain (virDomainGetID): a new one is a new QEMU process
+    domain_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +187,13 @@ def parse_stat_cpu_ticks(text: str) -> int:
     return int(after[11]) + int(after[12])  # fields 14, 15 are the 12th, 13th after comm
 
 
+def parse_process_stat(text: str) -> tuple[int, int]:
+    """(num_threads, rss in pages) of /proc/<pid>/stat (fields 20 and 24, proc(5)); rss is the
+    value libvirt's balloon.rss reads (virProcessGetStatInfo), get_mm_rss() as statm's."""
+    after = text[text.rindex(")") + 2 :].split()
+    return int(after[17]), int(after[21])
+
+
 def parse_sched_wait(text: str) -> float | None:
     """wait_sum of a task's `sched` file in seconds; None where the kernel printed none
     (schedstats off)."""
@@ -191,9 +204,81 @@ def parse_sched_wait(text: str) -> float | None:
     return None
 
 
+class _KeptFile:
+    """A kernel file read again each poll. Kept open and read with pread from offset 0 where the
+    reader's budget allows: procfs and cgroupfs regenerate the text on every read from offset 0
+    (seq_file), so one syscall a poll replaces open, read and close. A kept file of a process
+    that ended answers ESRCH, even once its pid is reused: the descriptor holds the old process.
+    Past the budget, the file is opened by path each time."""
+
+    __slots__ = ("fd", "path", "size")
+
+    def __init__(self, path: str, size: int, kept: bool) -> None:
+        self.path, self.size, self.fd = path, size, None
+        if kept:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self) -> str:
+        if self.fd is not None:
+            return os.pread(self.fd, self.size, 0).decode("ascii", "replace")
+        return _read(self.path)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@dataclass(slots=True)
+class _VcpuFiles:
+    index: int
+    stat: _KeptFile
+    schedstat: _KeptFile | None  # None: no such file (CONFIG_SCHED_INFO off)
+    sched: _KeptFile | None = None  # opened once schedstats are on
+
+    def files(self) -> list[_KeptFile]:
+        return [f for f in (self.stat, self.schedstat, self.sched) if f is not None]
+
+
+@dataclass(slots=True)
+class _Process:
+    """One domain's QEMU process and its files, kept between polls. `threads` is the thread
+    count when the vCPU threads were last listed: a change (a vCPU plugged, a worker started or
+    ended) lists them again, new threads' names read once."""
+
+    domain_id: int | None
+    pid: int
+    stat: _KeptFile
+    cgroup: str | None = None  # the directory CPU time is read from; None: resolve again
+    cgroup_version: int = 0
+    cpu: tuple[_KeptFile, ...] = ()  # v2: cpu.stat; v1: cpuacct.usage, cpuacct.stat
+    threads: int = -1
+    polls_since_listing: int = 0
+    vcpus: dict[str, _VcpuFiles] = field(default_factory=dict)  # by tid
+    others: set[str] = field(default_factory=set)  # tids known to be no vCPU thread
+    last_read: int = 0  # the reader's read count when this domain was last read
+
+    def files(self) -> list[_KeptFile]:
+        return [self.stat, *self.cpu, *(f for v in self.vcpus.values() for f in v.files())]
+
+
+# Every RELIST_POLLS polls the vCPU threads are listed again even at an unchanged thread count
+# (a vCPU plugged while another thread ended in the same interval).
+RELIST_POLLS = 30
+# A domain not read in this many reads (stopped, or gone from the listing) has its files closed
+FORGET_AFTER_READS = 3
+_STAT_SIZE = 1024  # /proc/<pid>/stat: ~300 bytes (52 numbers)
+_SMALL_SIZE = 4096  # cpu.stat, cpuacct.*, schedstat
+_SCHED_SIZE = 16384  # a task's `sched`: ~2-3 KB with schedstats on
+
+
 class QemuKernelReader:
     """Reads the kernel's view of QEMU domains below configurable roots. Not thread-safe: one
-    caller (the libvirt source's poll) at a time."""
+    caller (the libvirt source's poll) at a time.
+
+    `max_open_files`: how many files it keeps open between polls (about 2 per vCPU and 2 per
+    domain); beyond it, files are opened by path on each read. The daemon gives it a share of
+    its descriptor limit."""
 
     def __init__(
         self,
@@ -201,6 +286,7 @@ class QemuKernelReader:
         cgroup_root: str = "/sys/fs/cgroup",
         pidfile_dir: str = "/run/libvirt/qemu",
         links: LinkDump | None = None,
+        max_open_files: int = 0,
     ) -> None:
         # str paths, not Path: pathlib's joins were a third of the read's CPU (profiled)
         self.proc = proc_root.rstrip("/") or "/"
@@ -209,25 +295,28 @@ class QemuKernelReader:
         self._links = links if links is not None else LinkDump()
         self._ticks_per_second = os.sysconf("SC_CLK_TCK")
         self._page_size = os.sysconf("SC_PAGE_SIZE")
-        self._pids: dict[str, int] = {}  # uuid -> pid found before, checked again on each use
+        self._max_open = max_open_files
+        self._open = 0  # files kept open now
+        self._processes: dict[str, _Process] = {}  # by uuid
+        self._reads = 0
+        self._v2: Path | None = None
         # One scan of /proc per read_domains at most, however many domains are not found
         self._scanned: dict[str, int] | None = None
+
+    @property
+    def open_files(self) -> int:
+        return self._open
 
     # --- the QEMU process
 
     def find_qemu_pid(self, uuid: str, name: str) -> int | None:
         uuid = uuid.lower()
-        for candidate in (self._pids.get(uuid), self._pidfile_pid(name)):
-            if candidate is not None and self._names_uuid(candidate, uuid):
-                self._pids[uuid] = candidate
-                return candidate
-        self._pids.pop(uuid, None)
+        candidate = self._pidfile_pid(name)
+        if candidate is not None and self._names_uuid(candidate, uuid):
+            return candidate
         if self._scanned is None:
             self._scanned = self._scan()
-        found = self._scanned.get(uuid)
-        if found is not None:
-            self._pids[uuid] = found
-        return found
+        return self._scanned.get(uuid)
 
     def _pidfile_pid(self, name: str) -> int | None:
         if not name or "/" in name or name.startswith("."):
@@ -265,6 +354,44 @@ class QemuKernelReader:
                     found.setdefault(uuid, int(entry))
         return found
 
+    # --- the files kept open
+
+    def _file(self, path: str, size: int) -> _KeptFile:
+        kept = self._open < self._max_open
+        try:
+            file = _KeptFile(path, size, kept)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            file = _KeptFile(path, size, False)  # out of descriptors: read by path
+        if file.fd is not None:
+            self._open += 1
+        return file
+
+    def _close(self, files: Sequence[_KeptFile]) -> None:
+        for file in files:
+            if file.fd is not None:
+                file.close()
+                self._open -= 1
+
+    def _forget(self, uuid: str) -> None:
+        process = self._processes.pop(uuid, None)
+        if process is not None:
+            self._close(process.files())
+
+    def _attach(self, domain: DomainRef) -> _Process | None:
+        """The domain's process, found anew, its stat file opened."""
+        pid = self.find_qemu_pid(domain.uuid, domain.name)
+        if pid is None:
+            return None
+        try:
+            stat = self._file(f"{self.proc}/{pid}/stat", _STAT_SIZE)
+        except OSError:
+            return None  # ended since
+        process = _Process(domain.domain_id, pid, stat)
+        self._processes[domain.uuid] = process
+        return process
+
     # --- reading
 
     def read_domains(self, domains: Sequence[DomainRef]) -> dict[str, KernelDomainStats]:
@@ -278,6 +405,7 @@ class QemuKernelReader:
             except LinkDumpError as exc:
                 link_problem = str(exc)
         wait_kept = self._schedstats_enabled()
+        self._reads += 1
         self._scanned = None
         try:
             return {
@@ -286,6 +414,9 @@ class QemuKernelReader:
             }
         finally:
             self._scanned = None
+            for uuid, process in list(self._processes.items()):
+                if self._reads - process.last_read >= FORGET_AFTER_READS:
+                    self._forget(uuid)
 
     def read_domain(self, domain: DomainRef) -> KernelDomainStats:
         return self.read_domains([domain])[domain.uuid]
@@ -305,17 +436,18 @@ class QemuKernelReader:
         link_problem: str,
         wait_kept: bool,
     ) -> KernelDomainStats:
-        pid = self.find_qemu_pid(domain.uuid, domain.name)
-        if pid is None:
+        found = self._read_process(domain)
+        if found is None:
             return KernelDomainStats(
                 uuid=domain.uuid,
                 pid=None,
                 not_found=f"no process has -uuid {domain.uuid} on its command line",
             )
+        process, threads, rss = found
+        process.last_read = self._reads
         problems: list[tuple[str, str]] = []
-        cgroup, cpu = self._cpu(pid, problems)
-        vcpus = self._vcpus(pid, wait_kept, problems)
-        rss = self._rss(pid, problems)
+        cgroup, cpu = self._cpu(process, problems)
+        vcpus = self._vcpus(process, threads, wait_kept, problems)
         interfaces = []
         for tap in domain.taps:
             stats = tap_stats(links, tap) if links is not None else None
@@ -327,60 +459,112 @@ class QemuKernelReader:
                 interfaces.append(stats)
         return KernelDomainStats(
             uuid=domain.uuid,
-            pid=pid,
+            pid=process.pid,
             cgroup=cgroup,
             cpu_time_seconds=cpu[0],
             cpu_user_seconds=cpu[1],
             cpu_system_seconds=cpu[2],
             vcpus=vcpus,
-            rss_bytes=rss,
+            rss_bytes=rss * self._page_size,
             interfaces=tuple(interfaces),
             problems=tuple(problems),
         )
 
-    def _cpu(
-        self, pid: int, problems: list[tuple[str, str]]
-    ) -> tuple[str | None, tuple[float | None, float | None, float | None]]:
-        none = (None, None, None)
-        try:
-            placement = domain_cgroup(_read(f"{self.proc}/{pid}/cgroup"))
-        except OSError as exc:
-            problems.append(("cpu", f"/proc/{pid}/cgroup: {_reason(exc)}"))
-            return None, none
-        if placement is None:
-            problems.append(
-                ("cpu", "cgroup not found: no libvirt machine group in /proc/<pid>/cgroup")
-            )
-            return None, none
-        version, controllers, group = placement
-        if version == 2:
-            directory = self._v2_mount() / group.lstrip("/")
+    def _read_process(self, domain: DomainRef) -> tuple[_Process, int, int] | None:
+        """The domain's process (the one read before while the domain keeps its libvirt id and
+        the process lives; else found anew), its thread count and RSS in pages."""
+        process = self._processes.get(domain.uuid)
+        if process is not None and process.domain_id != domain.domain_id:
+            self._forget(domain.uuid)  # restarted: another process
+            process = None
+        for _attempt in range(2):
+            if process is None:
+                process = self._attach(domain)
+                if process is None:
+                    return None
             try:
-                return str(directory), parse_cpu_stat(_read(directory / "cpu.stat"))
+                threads, rss = parse_process_stat(process.stat.read())
+                return process, threads, rss
+            except (OSError, ValueError, IndexError):
+                self._forget(domain.uuid)  # ended (ESRCH), or not a process's stat at all
+                process = None
+        return None
+
+    def _cpu(
+        self, process: _Process, problems: list[tuple[str, str]]
+    ) -> tuple[str | None, tuple[float | None, float | None, float | None]]:
+        """The directory CPU time is read from, and (usage, user, system) seconds."""
+        if process.cgroup is None and not self._place(process, problems):
+            return None, (None, None, None)
+        directory = process.cgroup
+        values = self._cpu_values(process, directory, problems)
+        if None in values:
+            self._unplace(process)  # moved or removed: placed again next poll
+        return directory, values
+
+    def _cpu_values(
+        self, process: _Process, directory: str | None, problems: list[tuple[str, str]]
+    ) -> tuple[float | None, float | None, float | None]:
+        if process.cgroup_version == 2:
+            try:
+                return parse_cpu_stat(process.cpu[0].read())
             except (OSError, KeyError, ValueError) as exc:
                 problems.append(("cpu", f"{directory}/cpu.stat: {_describe(exc)}"))
-                return str(directory), none
-        directory = self._v1_mount(controllers) / group.lstrip("/")
+                return None, None, None
+        usage_file, stat_file = process.cpu
         try:
-            usage: float | None = int(_read(directory / "cpuacct.usage")) / NS_PER_SECOND
+            usage: float | None = int(usage_file.read()) / NS_PER_SECOND
         except (OSError, ValueError) as exc:
             problems.append(("cpu_time", f"{directory}/cpuacct.usage: {_describe(exc)}"))
             usage = None
         try:
-            user, system = parse_cpuacct_stat(
-                _read(directory / "cpuacct.stat"), self._ticks_per_second
-            )
+            user, system = parse_cpuacct_stat(stat_file.read(), self._ticks_per_second)
         except (OSError, KeyError, ValueError) as exc:
             problems.append(("cpu_user_system", f"{directory}/cpuacct.stat: {_describe(exc)}"))
-            return str(directory), (usage, None, None)
-        return str(directory), (usage, user, system)
+            return usage, None, None
+        return usage, user, system
+
+    def _place(self, process: _Process, problems: list[tuple[str, str]]) -> bool:
+        """Finds the process's machine cgroup and opens its CPU files."""
+        try:
+            placement = domain_cgroup(_read(f"{self.proc}/{process.pid}/cgroup"))
+        except OSError as exc:
+            problems.append(("cpu", f"/proc/{process.pid}/cgroup: {_reason(exc)}"))
+            return False
+        if placement is None:
+            problems.append(
+                ("cpu", "cgroup not found: no libvirt machine group in /proc/<pid>/cgroup")
+            )
+            return False
+        version, controllers, group = placement
+        names: tuple[str, ...]
+        if version == 2:
+            directory, names = self._v2_mount() / group.lstrip("/"), ("cpu.stat",)
+        else:
+            directory = self._v1_mount(controllers) / group.lstrip("/")
+            names = ("cpuacct.usage", "cpuacct.stat")
+        files = []
+        for name in names:
+            try:
+                files.append(self._file(f"{directory}/{name}", _SMALL_SIZE))
+            except OSError as exc:
+                self._close(files)
+                problems.append(("cpu", f"{directory}/{name}: {_describe(exc)}"))
+                return False
+        process.cgroup, process.cgroup_version, process.cpu = str(directory), version, tuple(files)
+        return True
+
+    def _unplace(self, process: _Process) -> None:
+        self._close(process.cpu)
+        process.cpu, process.cgroup = (), None
 
     def _v2_mount(self) -> Path:
         """The unified hierarchy: the cgroup root itself (v2 only), or `unified` below it
         (systemd's hybrid layout, and this lab's)."""
-        if (self.cgroup_root / "cgroup.controllers").exists():
-            return self.cgroup_root
-        return self.cgroup_root / "unified"
+        if self._v2 is None:
+            unified = (self.cgroup_root / "cgroup.controllers").exists()
+            self._v2 = self.cgroup_root if unified else self.cgroup_root / "unified"
+        return self._v2
 
     def _v1_mount(self, controllers: str) -> Path:
         """A v1 hierarchy is mounted at its controllers' names ("cpu,cpuacct"), and systemd
@@ -389,45 +573,80 @@ class QemuKernelReader:
         return joint if joint.is_dir() else self.cgroup_root / "cpuacct"
 
     def _vcpus(
-        self, pid: int, wait_kept: bool, problems: list[tuple[str, str]]
+        self, process: _Process, threads: int, wait_kept: bool, problems: list[tuple[str, str]]
     ) -> tuple[VcpuStats, ...]:
-        tasks = f"{self.proc}/{pid}/task"
-        try:
-            tids = os.listdir(tasks)
-        except OSError as exc:
-            problems.append(("vcpu", f"/proc/{pid}/task: {_reason(exc)}"))
-            return ()
+        process.polls_since_listing += 1
+        if threads != process.threads or process.polls_since_listing >= RELIST_POLLS:
+            if not self._list_vcpus(process, problems):
+                return ()
+            process.threads, process.polls_since_listing = threads, 0
         vcpus = []
-        for tid in tids:
+        for tid, files in list(process.vcpus.items()):
+            try:
+                vcpus.append(self._vcpu(files, wait_kept, problems))
+            except ProcessLookupError:  # the thread ended (vCPU unplugged): list again next poll
+                self._close(files.files())
+                del process.vcpus[tid]
+                process.threads = -1
+        return tuple(sorted(vcpus, key=lambda vcpu: vcpu.index))
+
+    def _list_vcpus(self, process: _Process, problems: list[tuple[str, str]]) -> bool:
+        """The vCPU threads of the process: known threads kept, new ones' names read."""
+        tasks = f"{self.proc}/{process.pid}/task"
+        try:
+            tids = set(os.listdir(tasks))
+        except OSError as exc:
+            problems.append(("vcpu", f"/proc/{process.pid}/task: {_reason(exc)}"))
+            return False
+        for gone in process.vcpus.keys() - tids:
+            self._close(process.vcpus.pop(gone).files())
+        process.others &= tids
+        for tid in tids - process.vcpus.keys() - process.others:
             task = f"{tasks}/{tid}"
             try:
                 match = _VCPU_THREAD.fullmatch(_read(f"{task}/comm").strip())
+                if match is None:
+                    process.others.add(tid)
+                    continue
+                stat = self._file(f"{task}/stat", _STAT_SIZE)
             except OSError:
                 continue  # the thread ended between the listing and now
-            if match is None:
-                continue
-            index = int(match.group(1))
-            vcpus.append(self._vcpu(index, task, wait_kept, problems))
-        return tuple(sorted(vcpus, key=lambda vcpu: vcpu.index))
+            try:
+                schedstat: _KeptFile | None = self._file(f"{task}/schedstat", _SMALL_SIZE)
+            except FileNotFoundError:
+                schedstat = None  # CONFIG_SCHED_INFO off: libvirt reports a delay of 0 too
+            except OSError:
+                schedstat = _KeptFile(f"{task}/schedstat", _SMALL_SIZE, kept=False)
+            process.vcpus[tid] = _VcpuFiles(int(match.group(1)), stat, schedstat)
+        return True
 
     def _vcpu(
-        self, index: int, task: str, wait_kept: bool, problems: list[tuple[str, str]]
+        self, files: _VcpuFiles, wait_kept: bool, problems: list[tuple[str, str]]
     ) -> VcpuStats:
+        """One vCPU thread's values; ProcessLookupError once the thread has ended."""
+        index, task = files.index, files.stat.path.rsplit("/", 1)[0]
         time = delay = None
         wait: float | None = 0.0  # libvirt's value where the kernel keeps no schedstats
         try:
-            time = parse_stat_cpu_ticks(_read(f"{task}/stat")) / self._ticks_per_second
+            time = parse_stat_cpu_ticks(files.stat.read()) / self._ticks_per_second
+        except ProcessLookupError:
+            raise
         except (OSError, ValueError, IndexError) as exc:
             problems.append((f"vcpu.{index}.time", f"{task}/stat: {_describe(exc)}"))
-        try:
-            delay = int(_read(f"{task}/schedstat").split()[1]) / NS_PER_SECOND
-        except FileNotFoundError:
-            delay = 0.0  # CONFIG_SCHED_INFO off: libvirt reports 0 too
-        except (OSError, ValueError, IndexError) as exc:
-            problems.append((f"vcpu.{index}.delay", f"{task}/schedstat: {_describe(exc)}"))
+        if files.schedstat is None:
+            delay = 0.0
+        else:
+            try:
+                delay = int(files.schedstat.read().split()[1]) / NS_PER_SECOND
+            except FileNotFoundError:
+                delay = 0.0  # CONFIG_SCHED_INFO off (a file read by path: not kept open)
+            except (OSError, ValueError, IndexError) as exc:
+                problems.append((f"vcpu.{index}.delay", f"{task}/schedstat: {_describe(exc)}"))
         if wait_kept:
             try:
-                wait = parse_sched_wait(_read(f"{task}/sched")) or 0.0
+                if files.sched is None:
+                    files.sched = self._file(f"{task}/sched", _SCHED_SIZE)
+                wait = parse_sched_wait(files.sched.read()) or 0.0
             except (OSError, ValueError) as exc:
                 problems.append((f"vcpu.{index}.wait", f"{task}/sched: {_describe(exc)}"))
                 wait = None
@@ -439,14 +658,9 @@ class QemuKernelReader:
             delay_seconds=delay,
         )
 
-    def _rss(self, pid: int, problems: list[tuple[str, str]]) -> int | None:
-        try:
-            return int(_read(f"{self.proc}/{pid}/statm").split()[1]) * self._page_size
-        except (OSError, ValueError, IndexError) as exc:
-            problems.append(("rss", f"/proc/{pid}/statm: {_describe(exc)}"))
-            return None
-
     def close(self) -> None:
+        for uuid in list(self._processes):
+            self._forget(uuid)
         self._links.close()
 
 

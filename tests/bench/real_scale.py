@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,14 +99,15 @@ def stop_domains(names: list[str]) -> None:
 
 
 def qemu_pids() -> list[int]:
+    """The benchmark's own domains' QEMU processes (not the lab's booted guests)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             except OSError:
                 continue
-            if comm.startswith("qemu-system"):
+            if f"guest={PREFIX}".encode() in cmdline:
                 pids.append(int(entry))
     return pids
 
@@ -185,14 +187,16 @@ def measure_hostcollector(
         result: dict[str, Any] = cpu.per_collection_ms(int(polls - first))
         vms = len(pick(samples, "hostcollector_vm_info"))
         vm_series = sum(1 for _, labels in samples if any(k == "vm_uuid" for k, _v in labels))
-        paths = {labels["path"]: v for labels, v in pick(samples, "hostcollector_vm_stats_path")}
+        paths = Counter(
+            labels["path"] for labels, _ in pick(samples, "hostcollector_vm_stats_path")
+        )
         result.update(
             vms=vms,
             wall_per_collection_ms=1000 * statistics.median(walls),
             series=int(one(samples, "hostcollector_exposition_series")),
             series_per_vm=vm_series / vms,
             rss_mb=rss_bytes(daemon.process.pid) / 2**20,
-            vms_by_path=paths,
+            vms_by_path=dict(paths),
         )
         if latency:
             result.update(scrape_latency(daemon.url + "/metrics", seconds=10))
