@@ -211,6 +211,44 @@ def test_a_hung_domain_rejoins_once_its_monitor_answers(
     assert "out of quarantine" in caplog.text
 
 
+def test_control_state_is_asked_of_new_and_suspect_domains_only(libvirtd: FakeLibvirtd) -> None:
+    """virDomainGetControlInfo is a libvirtd round trip per domain: asked at first sight, then
+    only of a domain that looks suspect (here: its NOWAIT answer came back partial)."""
+    source = make_source()
+    busy = libvirtd.uuids[2]
+
+    def calls() -> dict[str, int]:
+        return {uuid: vm.control_calls for uuid, vm in libvirtd.vms.items()}
+
+    async def scenario() -> None:
+        await source.poll()
+        assert set(calls().values()) == {1}  # first sight
+        for _ in range(3):
+            await source.poll()
+        assert set(calls().values()) == {1}  # steady state: none
+        assert source.health().control_info_calls_total == VMS
+        job = libvirtd.vms[busy].job
+        job.acquire()  # a job holds the domain: NOWAIT skips its monitor
+        try:
+            partial = await source.poll()
+            assert calls()[busy] == 1
+            await source.poll()  # asked, and partial again: asked again next listing
+            assert calls()[busy] == 2
+            await source.poll()
+            assert calls()[busy] == 3
+        finally:
+            job.release()
+        await source.poll()  # its answer is whole again: asked once more, then no longer
+        await source.poll()
+        assert calls()[busy] == 4
+        assert {u: n for u, n in calls().items() if u != busy} == dict.fromkeys(
+            (u for u in libvirtd.uuids if u != busy), 1
+        )
+        assert partial.freshness[busy].job_active is False  # the fake's control: OK
+
+    run(libvirtd, source, scenario)
+
+
 def test_polls_return_while_every_stats_lane_is_hung(libvirtd: FakeLibvirtd) -> None:
     lanes = 2
     source = make_source(parallel_calls=lanes)

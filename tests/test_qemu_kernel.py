@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -498,3 +501,95 @@ def test_parsers_of_the_kernels_text() -> None:
     assert domain_cgroup(HYBRID) == (2, "", "/machine/qemu-1-hc-lab-a1.libvirt-qemu")
     assert domain_cgroup(V1_SYSTEMD) == (1, "cpu,cpuacct", f"/{SCOPE}")
     assert domain_cgroup("0::/\n1:cpu,cpuacct:/\n") is None
+
+
+@pytest.mark.parametrize("max_open_files", [0, 3, 1000], ids=["by-path", "budget-3", "kept"])
+def test_the_same_values_with_files_kept_open_or_read_by_path(
+    tmp_path: Path, max_open_files: int
+) -> None:
+    proc = make_proc(tmp_path, Qemu(22622, threads=VCPUS_TCG))
+    write(
+        tmp_path / "cgroup/unified/machine/qemu-1-hc-lab-a1.libvirt-qemu/cpu.stat",
+        cpu_stat(9, 7, 2),
+    )
+    kernel = reader(tmp_path, proc, max_open_files=max_open_files)
+
+    first = kernel.read_domain(DomainRef(UUID, NAME, (), 1))
+    assert kernel.open_files == min(max_open_files, 6)  # stat, cpu.stat, 2 x (stat, schedstat)
+    moved = [
+        Thread(t.tid, t.comm, t.utime + 10, t.stime, t.run_ns, t.delay_ns + 5) for t in VCPUS_TCG
+    ]
+    make_proc(tmp_path, Qemu(22622, threads=moved, resident_pages=70000))  # in place
+    second = kernel.read_domain(DomainRef(UUID, NAME, (), 1))
+
+    assert first.problems == second.problems == ()
+    assert [
+        v.time_seconds - u.time_seconds for u, v in zip(first.vcpus, second.vcpus, strict=True)
+    ] == pytest.approx([10 / TICKS] * 2)  # type: ignore[operator]
+    assert second.rss_bytes == 70000 * PAGE
+    kernel.close()
+    assert kernel.open_files == 0
+
+
+def test_vcpu_threads_are_listed_again_when_the_thread_count_changes(tmp_path: Path) -> None:
+    proc = make_proc(tmp_path, Qemu(22622, threads=VCPUS_TCG))
+    kernel = reader(tmp_path, proc)
+    assert [v.index for v in kernel.read_domain(DomainRef(UUID, NAME, (), 1)).vcpus] == [0, 1]
+    plugged = [*VCPUS_TCG, Thread(22640, "CPU 2/TCG", 5, 1)]
+    make_proc(tmp_path, Qemu(22622, threads=plugged))  # one thread more: listed again
+    # A known thread's name is not read again: its comm may go unreadable without effect
+    comm = proc / "22622/task/22630/comm"
+    comm.unlink()
+    comm.mkdir()
+    assert [v.index for v in kernel.read_domain(DomainRef(UUID, NAME, (), 1)).vcpus] == [0, 1, 2]
+    # A restart (a new libvirt id) is a new process: found and listed anew
+    restarted = kernel.read_domain(DomainRef(UUID, NAME, (), 2))
+    assert [v.index for v in restarted.vcpus] == [1, 2]  # 22630's name unreadable now
+
+
+def test_kept_files_follow_a_real_process_and_see_its_end(tmp_path: Path) -> None:
+    """On this machine's /proc: values read again through the kept descriptors advance, and
+    once the process ended they answer ESRCH, so the domain is not found and nothing stays
+    open. A vCPU is a thread of the child that names itself as QEMU names one."""
+    uuid = "e1e1e1e1-0000-4000-8000-00000000abcd"
+    code = (
+        "import threading, time\n"
+        "def vcpu():\n"
+        "    tid = threading.get_native_id()\n"
+        "    with open(f'/proc/self/task/{tid}/comm', 'w') as comm:\n"
+        "        comm.write('CPU 0/TCG')\n"
+        "    while True:\n"
+        "        until = time.monotonic() + 0.03\n"
+        "        while time.monotonic() < until:\n"
+        "            pass\n"
+        "        time.sleep(0.03)\n"
+        "threading.Thread(target=vcpu, daemon=True).start()\n"
+        "time.sleep(120)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, "-uuid", uuid])
+    try:
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "guest.pid").write_text(str(child.pid))
+        kernel = QemuKernelReader(
+            cgroup_root=str(tmp_path), pidfile_dir=str(run), links=RecordedDump(datagram()),
+            max_open_files=100,
+        )  # fmt: skip
+        ref = DomainRef(uuid, "guest", (), 5)
+        deadline = time.monotonic() + 10
+        while not (first := kernel.read_domain(ref)).vcpus:
+            assert time.monotonic() < deadline, "the child's vCPU thread never named itself"
+            time.sleep(0.02)
+        assert first.pid == child.pid and first.rss_bytes and first.rss_bytes > 0
+        assert kernel.open_files == 3  # the process's stat, the vCPU's stat and schedstat
+        while (later := kernel.read_domain(ref)).vcpus[0].time_seconds == first.vcpus[
+            0
+        ].time_seconds:
+            assert time.monotonic() < deadline, "the vCPU's time never advanced"
+            time.sleep(0.05)
+        assert later.vcpus[0].time_seconds > first.vcpus[0].time_seconds  # type: ignore[operator]
+    finally:
+        child.kill()
+        child.wait()
+    gone = kernel.read_domain(ref)
+    assert gone.not_found is not None and kernel.open_files == 0

@@ -189,7 +189,19 @@ class _ThreadConnections:
                 "connect", f"cannot connect to {self._uri}: {_describe(exc)}"
             ) from exc
         self._local.conn, self._local.generation = conn, self.generation
+        self._local.handles = {}
         return conn
+
+    def handles(self, conn: Any, uuids: set[str]) -> list[Any]:
+        """This lane's handles on `uuids` (a handle belongs to the connection that listed it).
+        Kept between polls: libvirt finds a handle's domain by its uuid, so it stays good
+        across a restart, and a domain gone since is skipped by the stats call. One listing
+        (a round trip, and a Python object per domain) only when a domain is new to the lane."""
+        known: dict[str, Any] = self._local.handles
+        if not uuids <= known.keys():
+            known.clear()
+            known.update((dom.UUIDString(), dom) for dom in conn.listAllDomains(0))
+        return [known[uuid] for uuid in uuids if uuid in known]
 
 
 class LibvirtSource:
@@ -674,9 +686,7 @@ class LibvirtSource:
         wanted = set(uuids)
         flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT if self.config.nowait else 0
         try:
-            # Domain handles belong to one connection: take this lane's own. One listing
-            # costs one round trip, where a lookup per domain would cost one each.
-            handles = [dom for dom in conn.listAllDomains(0) if dom.UUIDString() in wanted]
+            handles = self._lane_conns.handles(conn, wanted)
             # Domains that vanish meanwhile are skipped by libvirt, not an error.
             listing = conn.domainListGetStats(handles, self._group_mask(libvirt, groups), flags)
         except libvirt.libvirtError as exc:

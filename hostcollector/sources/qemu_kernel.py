@@ -43,6 +43,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import resource
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,9 +277,10 @@ class QemuKernelReader:
     """Reads the kernel's view of QEMU domains below configurable roots. Not thread-safe: one
     caller (the libvirt source's poll) at a time.
 
-    `max_open_files`: how many files it keeps open between polls (about 2 per vCPU and 2 per
-    domain); beyond it, files are opened by path on each read. The daemon gives it a share of
-    its descriptor limit."""
+    `max_open_files`: how many files it keeps open between polls (2 per vCPU and 2-3 per
+    domain); beyond it, files are opened by path on each read, the same values at ~3x the
+    syscalls. None: half the process's descriptor limit (RLIMIT_NOFILE's soft value, read at
+    the first read, once the daemon has raised it); the unit's LimitNOFILE= sets it."""
 
     def __init__(
         self,
@@ -286,7 +288,7 @@ class QemuKernelReader:
         cgroup_root: str = "/sys/fs/cgroup",
         pidfile_dir: str = "/run/libvirt/qemu",
         links: LinkDump | None = None,
-        max_open_files: int = 0,
+        max_open_files: int | None = None,
     ) -> None:
         # str paths, not Path: pathlib's joins were a third of the read's CPU (profiled)
         self.proc = proc_root.rstrip("/") or "/"
@@ -295,7 +297,7 @@ class QemuKernelReader:
         self._links = links if links is not None else LinkDump()
         self._ticks_per_second = os.sysconf("SC_CLK_TCK")
         self._page_size = os.sysconf("SC_PAGE_SIZE")
-        self._max_open = max_open_files
+        self._max_open = max_open_files  # None: from the descriptor limit, at the first read
         self._open = 0  # files kept open now
         self._processes: dict[str, _Process] = {}  # by uuid
         self._reads = 0
@@ -357,6 +359,9 @@ class QemuKernelReader:
     # --- the files kept open
 
     def _file(self, path: str, size: int) -> _KeptFile:
+        if self._max_open is None:
+            soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            self._max_open = 1 << 20 if soft == resource.RLIM_INFINITY else int(soft) // 2
         kept = self._open < self._max_open
         try:
             file = _KeptFile(path, size, kept)

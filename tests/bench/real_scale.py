@@ -166,8 +166,41 @@ def _next_poll(daemon: Any, after: float) -> Any:
     raise AssertionError("no poll completed in time")
 
 
+def profile(pid: int, seconds: int) -> None:
+    """Where the daemon's CPU goes: py-spy's samples (on-CPU only, every thread, native frames
+    off), folded stacks to bench-results/real-scale-profile.txt and the top functions by own
+    and by inclusive samples to stdout. Needs py-spy on PATH (pip install py-spy)."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        print("py-spy not on PATH: no profile", file=sys.stderr)
+        return
+    folded = OUT / "real-scale-profile.txt"
+    OUT.mkdir(exist_ok=True)
+    subprocess.run(
+        [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
+         "--format", "raw", "--output", str(folded), "--threads", "--nonblocking"],
+        check=False, capture_output=True, timeout=seconds + 60,
+    )  # fmt: skip
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")[1:]  # the thread first
+        total += int(count)
+        if frames:
+            own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    print(f"profile: {total} samples over {seconds} s at 250 Hz", file=sys.stderr)
+    for title, counter in (("own", own), ("inclusive", inclusive)):
+        print(f"top by {title}:", file=sys.stderr)
+        for frame, count in counter.most_common(25):
+            print(f"  {100 * count / max(total, 1):5.1f}%  {frame}", file=sys.stderr)
+
+
 def measure_hostcollector(
-    collections: int, latency: bool, **libvirt_options: Any
+    collections: int, latency: bool, profile_seconds: int = 0, **libvirt_options: Any
 ) -> dict[str, Any]:
     extra = {"timeout_seconds": 8.0, **libvirt_options}
     with (
@@ -200,6 +233,8 @@ def measure_hostcollector(
         )
         if latency:
             result.update(scrape_latency(daemon.url + "/metrics", seconds=10))
+        if profile_seconds:
+            profile(daemon.process.pid, profile_seconds)
     return result
 
 
@@ -270,6 +305,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--collections", type=int, default=4)
     parser.add_argument("--variants", default="defaults,libvirt_only,same_data,peer")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="SECONDS",
+        help="after the rounds, profile the defaults' daemon this long (py-spy)",
+    )  # fmt: skip
     args = parser.parse_args()
     variants = args.variants.split(",")
     started = time.time()
@@ -288,6 +327,8 @@ def main() -> int:
                 latency = round_no == args.rounds - 1 and name in ("defaults", "peer")
                 rounds[name].append(measures[name](latency))
                 print(f"round {round_no + 1} {name}: {rounds[name][-1]}", file=sys.stderr)
+        if args.profile:
+            measure_hostcollector(1, False, args.profile)
     finally:
         stop_domains(names)
     results = {name: median_of(rs) for name, rs in rounds.items()}
