@@ -188,7 +188,7 @@ VM_STATUS_FAMILIES = (
     _vm(
         "vm_job_active",
         "gauge",
-        "1 while a background job such as a migration runs on the VM (virDomainGetControlInfo says JOB), else 0. Use it to silence alerts.",
+        "1 while a background job such as a migration runs on the VM (virDomainGetControlInfo says JOB, asked once a job event or a partial answer names the VM), else 0. Use it to silence alerts.",
         lambda vm: None if vm.job_active is None else int(vm.job_active),
     ),
     Family(

@@ -278,6 +278,9 @@ def assert_builds(data: bytes, pf: PhysicalFunction, sysfs: Path) -> None:
     """The source's path for one PF: decode, then join with sysfs; bounded, and never raising."""
     link = parse_link(data)
     assert len(link.vfs) <= len(data) // 4  # every VF costs an attribute header at least
+    # the kernel path's tap read: the same name and counters, whatever the message holds
+    quick = parse_link(data, counters_only=True)
+    assert (quick.name, quick.link_stats, quick.vfs) == (link.name, link.link_stats, ())
     lookups = CountedSysfsStats(sysfs, limit=len(pf.vf_pci))
     stats, vfs = build_pf_sample(pf, link, lookups)
     assert len(vfs) <= len(link.vfs) + len(pf.vf_pci)

@@ -1,7 +1,8 @@
 """The kernel path on the real lab (sources.libvirt.kernel_path, on by default): libvirtd
 stopped with kill -STOP for 60 s, every running VM's CPU, vCPU and NIC series keep advancing
 every poll while block and balloon show their age; after kill -CONT all is back without a
-restart. And what a poll costs the daemon with and without the kernel path, measured alike.
+restart. What a poll costs with and without the kernel path is measured by `make bench-scale`
+(its defaults and libvirt_only variants), not here.
 
 A UDP broadcast on the lab bridge every 0.2 s makes every tap's counters move (the bridge
 floods it to each port: host-side transmit, the guest's receive), so "advancing" is a fact to
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 INTERVAL = 2.0
 STOPPED_SECONDS = 60.0
+VCPU_POLLS = 3
 BRIDGE_ADDRESS, BRIDGE_BROADCAST = "10.99.0.1", "10.99.0.255"
 
 
@@ -98,6 +100,7 @@ def test_a_stopped_libvirtd_leaves_cpu_vcpu_and_nic_series_advancing(
     kept = {uuid: libvirt_series(samples, uuid) for uuid in vms}
     (pid,) = libvirtd_pids()
     polls = ages = 0.0
+    moved: dict[tuple[str, str], float] = {}  # the poll each series last advanced in
     os.kill(pid, signal.SIGSTOP)
     try:
         stopped_at = time.monotonic()
@@ -108,8 +111,18 @@ def test_a_stopped_libvirtd_leaves_cpu_vcpu_and_nic_series_advancing(
             for uuid in vms:
                 now = kernel_series(samples, uuid)
                 assert now.keys() == previous[uuid].keys(), uuid
-                still = [name for name in now if now[name] <= previous[uuid][name]]
-                assert not still, f"{uuid}: {still} did not advance in poll {polls:.0f}"
+                for name in now:
+                    if now[name] > previous[uuid][name]:
+                        moved[uuid, name] = polls
+                # A thread's time is counted in USER_HZ ticks (10 ms): an idle vCPU of a TCG
+                # guest may run less than that in one 2 s interval, so each vCPU must advance
+                # within VCPU_POLLS polls; the VM's CPU time and its NICs every poll.
+                late = [
+                    name
+                    for name in now
+                    if polls - moved.get((uuid, name), 0) >= (VCPU_POLLS if "vcpu" in name else 1)
+                ]
+                assert not late, f"{uuid}: {late} did not advance by poll {polls:.0f}"
                 previous[uuid] = now
                 assert libvirt_series(samples, uuid) == kept[uuid], uuid
                 assert one(samples, "hostcollector_vm_stats_path", vm_uuid=uuid, path="kernel")
@@ -134,45 +147,3 @@ def test_a_stopped_libvirtd_leaves_cpu_vcpu_and_nic_series_advancing(
     for uuid in vms:
         assert one(samples, "hostcollector_vm_stats_path", vm_uuid=uuid, path="kernel") == 1
     assert not pick(samples, "hostcollector_libvirt_kernel_fallbacks_total")
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _cost(tmp: Path, kernel_path: bool, polls: int) -> tuple[float, float]:
-    """(the daemon's CPU, libvirtd's CPU) per poll, over `polls` polls, scraped only at both
-    ends (a scrape costs CPU too)."""
-    with run_daemon(tmp, interval=INTERVAL, sources_extra={"kernel_path": kernel_path}) as running:
-        running.wait_polls(2)
-        (libvirtd,) = libvirtd_pids()
-        start = one(running.scrape(), "hostcollector_source_polls_total", source="libvirt")
-        ours, theirs = _cpu_seconds(running.process.pid), _cpu_seconds(libvirtd)
-        time.sleep(polls * INTERVAL)
-        end = one(running.scrape(), "hostcollector_source_polls_total", source="libvirt")
-        ours, theirs = _cpu_seconds(running.process.pid) - ours, _cpu_seconds(libvirtd) - theirs
-    return ours / (end - start), theirs / (end - start)
-
-
-def test_cost_per_poll_with_and_without_the_kernel_path(tmp_path: Path) -> None:
-    """Prints both, alternating, same method; asserts only that the kernel path costs libvirtd
-    less (it asks it for three groups fewer)."""
-    require_lab()
-    rounds: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
-    for index in range(4):
-        kernel_path = index % 2 == 0
-        (tmp_path / str(index)).mkdir()
-        rounds[kernel_path].append(_cost(tmp_path / str(index), kernel_path, 15))
-    for kernel_path, found in rounds.items():
-        print(
-            f"\nkernel_path={kernel_path}: per poll of {len(found)} rounds: daemon CPU "
-            + ", ".join(f"{ours * 1e3:.1f}" for ours, _ in found)
-            + " ms; libvirtd CPU "
-            + ", ".join(f"{theirs * 1e3:.1f}" for _, theirs in found)
-            + " ms"
-        )
-    with_kernel = sum(theirs for _, theirs in rounds[True])
-    without = sum(theirs for _, theirs in rounds[False])
-    assert with_kernel < without

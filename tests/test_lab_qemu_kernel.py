@@ -5,11 +5,12 @@ brackets the daemon's counters. Changes nothing: no domain operation, no libvirt
 
 from __future__ import annotations
 
-import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
+from hostcollector.model import LibvirtSample
 from hostcollector.sources.qemu_kernel import DomainRef, KernelDomainStats, QemuKernelReader
 from hostcollector.sources.tap_counters import Tap
 from tests.labkit import LAB_VMS, require_lab, virsh
@@ -94,67 +95,40 @@ def test_kernel_view_is_bracketed_by_virsh_domstats() -> None:
         kernel.close()
 
 
-def test_cost_of_reading_the_lab_domains() -> None:
-    """Prints what one domain's read costs here and what libvirt's bulk read of the same
-    groups costs (the client's wall time; libvirtd's CPU where its /proc is readable)."""
+def test_a_vm_whose_cgroup_is_not_found_takes_its_cpu_time_from_libvirt(tmp_path: Path) -> None:
+    """The libvirt source on the real lab, its kernel reader's cgroup root empty: no domain's
+    machine group is found, so each VM's CPU time is asked from libvirt (bracketed by virsh),
+    its vCPUs and NICs still from the kernel, and each fallback is counted by reason."""
     require_lab()
-    import libvirt
+    import asyncio
 
-    refs = [DomainRef(vm["uuid"], vm["name"], taps(vm["name"])) for vm in LAB_VMS]
-    kernel = QemuKernelReader()
-    rounds = 200
-    try:
-        kernel.read_domains(refs)  # warm: pids found, socket open
-        start_cpu, start = time.process_time(), time.perf_counter()
-        for _ in range(rounds):
-            kernel.read_domains(refs)
-        wall = (time.perf_counter() - start) / rounds / len(refs)
-        cpu = (time.process_time() - start_cpu) / rounds / len(refs)
-    finally:
-        kernel.close()
+    from hostcollector.config import AttributionConfig, LibvirtConfig
+    from hostcollector.sources.libvirt import LibvirtSource
+    from hostcollector.tenancy import compile_rules
 
-    conn = libvirt.openReadOnly("qemu:///system")
-    groups = (
-        libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
-        | libvirt.VIR_DOMAIN_STATS_VCPU
-        | libvirt.VIR_DOMAIN_STATS_INTERFACE
-        | libvirt.VIR_DOMAIN_STATS_BALLOON
+    source = LibvirtSource(
+        LibvirtConfig(),
+        compile_rules(AttributionConfig()),
+        kernel=QemuKernelReader(cgroup_root=str(tmp_path)),
     )
-    domains = [conn.lookupByUUIDString(vm["uuid"]) for vm in LAB_VMS]
-    daemon_cpu = _libvirtd_cpu()
-    libvirt_rounds = 50
-    start = time.perf_counter()
-    for _ in range(libvirt_rounds):
-        conn.domainListGetStats(domains, groups, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
-    libvirt_wall = (time.perf_counter() - start) / libvirt_rounds / len(domains)
-    daemon = _libvirtd_cpu()
-    conn.close()
-    libvirtd_cpu = (
-        (daemon - daemon_cpu) / libvirt_rounds / len(domains)
-        if daemon is not None and daemon_cpu is not None
-        else None
-    )
-    print(
-        f"\nkernel read per domain: wall {wall * 1e6:.0f} us, CPU {cpu * 1e6:.0f} us"
-        f"\nlibvirt domainListGetStats(cpu_total, vcpu, interface, balloon) per domain: "
-        f"client wall {libvirt_wall * 1e6:.0f} us, libvirtd CPU "
-        + (f"{libvirtd_cpu * 1e6:.0f} us" if libvirtd_cpu is not None else "unknown")
-    )
-    assert wall < 0.01  # 10 ms per domain would be a regression by orders of magnitude
 
+    async def poll() -> LibvirtSample:
+        try:
+            return await source.poll()
+        finally:
+            await source.close()
 
-def _libvirtd_cpu() -> float | None:
-    """libvirtd's utime + stime in seconds (pgrep -x libvirtd; host A's, never host B's)."""
-    import os
-    import subprocess
+    before = {vm["name"]: domstats(vm["name"]) for vm in LAB_VMS}
+    sample = asyncio.run(poll())
+    after = {vm["name"]: domstats(vm["name"]) for vm in LAB_VMS}
 
-    found = subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True)
-    pids = found.stdout.split()
-    if len(pids) != 1:
-        return None
-    try:
-        with open(f"/proc/{pids[0]}/stat") as file:
-            fields = file.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    by_uuid = {domain.uuid: domain for domain in sample.domains}
+    for vm in LAB_VMS:
+        stats, name = by_uuid[vm["uuid"]], vm["name"]
+        bracket(before[name], stats.cpu_time_seconds, after[name], "cpu.time")
+        assert sample.freshness[vm["uuid"]].kernel_read_at is None  # not the kernel's, whole
+        assert len(stats.vcpus) == before[name]["vcpu.current"]
+        for vcpu in stats.vcpus:
+            key = f"vcpu.{vcpu.index}.time"
+            bracket(before[name], vcpu.time_seconds, after[name], key)
+    assert dict(source.health().kernel_fallbacks_by_reason) == {"cpu_total": len(LAB_VMS)}

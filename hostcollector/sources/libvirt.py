@@ -3,9 +3,9 @@
 The only module that imports `libvirt`, lazily, so that check-config and unit tests run without
 it. Each poll:
 
-1. lists the domains and asks each for its control state (`virDomainGetControlInfo`: no job, no
-   QEMU monitor; it answers even while the monitor is stuck) and, for new or changed domains,
-   reads the tenant metadata;
+1. lists the domains and asks the new and the suspect ones for their control state
+   (`virDomainGetControlInfo`: no job, no QEMU monitor; it answers even while the monitor is
+   stuck; _suspects says which) and, for new or changed domains, reads the tenant metadata;
 2. leaves out domains whose monitor has been occupied past the poll deadline (quarantine, see
    libvirt_tracker.py) and queries the others with `virDomainListGetStats(NOWAIT)` in at most
    `parallel_calls` chunks at once;

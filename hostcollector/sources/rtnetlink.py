@@ -136,7 +136,10 @@ def link_name(data: bytes) -> str | None:
     return None
 
 
-def parse_link(data: bytes) -> LinkInfo:
+def parse_link(data: bytes, *, counters_only: bool = False) -> LinkInfo:
+    """The link's name, type, VF count, IFLA_STATS64 counters and VFs. `counters_only`: name
+    and counters alone, the walk ended once both are read (a tap's: the kernel puts both
+    before the long tail of VF, AF_SPEC and LINKINFO attributes)."""
     name = num_vf = None
     link_stats: dict[str, int] = {}
     vfs: list[VfInfo] = []
@@ -147,11 +150,13 @@ def parse_link(data: bytes) -> LinkInfo:
     link_type = LINK_TYPES.get(ifi_type, str(ifi_type))
     end = min(length, len(data))
     for kind, start, stop in _attributes(data, _HEADERS, end):
+        # A repeated attribute (never from the kernel): the first counts, as for link_name
         if kind == IFLA_IFNAME:
-            name = data[start:stop].split(b"\0", 1)[0].decode(errors="replace")
+            if name is None:
+                name = data[start:stop].split(b"\0", 1)[0].decode(errors="replace")
         elif kind == IFLA_NUM_VF and stop - start >= 4:
             (num_vf,) = struct.unpack_from("=I", data, start)
-        elif kind == IFLA_STATS64 and stop - start >= 8 * len(LINK_STATS64):
+        elif kind == IFLA_STATS64 and stop - start >= 8 * len(LINK_STATS64) and not link_stats:
             link_stats = dict(
                 zip(LINK_STATS64, struct.unpack_from("=8Q", data, start), strict=True)
             )
@@ -159,6 +164,10 @@ def parse_link(data: bytes) -> LinkInfo:
                 (link_stats["rx_missed_errors"],) = struct.unpack_from(
                     "=Q", data, start + 8 * RX_MISSED_ERRORS_AT
                 )
+            if counters_only and name is not None:
+                break
+        elif counters_only:
+            continue
         elif kind == IFLA_VFINFO_LIST:
             vfs.extend(
                 _vf(data, vf_start, vf_stop, ifi_type)

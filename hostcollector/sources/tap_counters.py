@@ -81,7 +81,7 @@ def links_by_name(
     for message in messages:
         if names is not None and link_name(message) not in names:
             continue
-        link = parse_link(message)
+        link = parse_link(message, counters_only=True)
         if link.name is not None:
             links[link.name] = link
     return links

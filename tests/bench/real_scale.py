@@ -26,6 +26,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -48,6 +49,7 @@ from tests.labkit import domxml, free_port, one, parse, pick, run_daemon, virsh 
 OUT = REPO / "bench-results"
 PREFIX = "hc-scratch-scale-"
 INTERVAL = 10.0
+IDLE_FRAMES = ("EpollSelector.select", "virEventRunDefaultImpl", "select (")
 PEER_GROUPS = ["state", "cpu_total", "block", "interface"]  # the peer's: what it exports
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -186,7 +188,10 @@ def profile(pid: int, seconds: int) -> None:
     total = 0
     for line in folded.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")[1:]  # the thread first
+        # the thread first; a function once, whatever line of it was running
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")[1:]]
+        if frames and frames[-1].startswith(IDLE_FRAMES):
+            continue  # waiting in epoll or libvirt's event poll, as py-spy cannot always tell
         total += int(count)
         if frames:
             own[frames[-1]] += int(count)
