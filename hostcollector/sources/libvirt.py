@@ -546,10 +546,13 @@ class LibvirtSource:
         sampled_at = time.time()
         skipped = tuple(g for g in self._group_names if g not in groups)
         for uuid, name, raw in results:
+            # The kernel's values win for the groups it served this poll, whoever else was
+            # asked: those groups are not carried over from the last stats only to be replaced
+            found = self._kernel_now.get(uuid)
+            carried = tuple(g for g in skipped if g not in found[1]) if found else skipped
             stats = carry_over(
-                parse_domain_stats(uuid, name, raw), self._tracker.last_stats(uuid), skipped
+                parse_domain_stats(uuid, name, raw), self._tracker.last_stats(uuid), carried
             )
-            # The kernel's values win for the groups it served this poll, whoever else was asked
             stats = self._overlay(uuid, stats, self._last_listing)
             if is_partial(raw, groups):
                 self._busy_domains += 1
