@@ -167,7 +167,8 @@ def _machine_group(path: str) -> str | None:
 
 def parse_cpu_stat(text: str) -> tuple[float, float, float]:
     """cgroup v2 cpu.stat -> (usage, user, system) seconds; KeyError/ValueError if malformed."""
-    fields = dict(line.split(maxsplit=1) for line in text.splitlines() if " " in line)
+    words = text.split()  # "key value" lines: one split, read every poll for every domain
+    fields = dict(zip(words[::2], words[1::2], strict=False))
     return (
         int(fields["usage_usec"]) / USEC_PER_SECOND,
         int(fields["user_usec"]) / USEC_PER_SECOND,
@@ -184,14 +185,14 @@ def parse_cpuacct_stat(text: str, ticks_per_second: int) -> tuple[float, float]:
 def parse_stat_cpu_ticks(text: str) -> int:
     """utime + stime of /proc/<pid>/task/<tid>/stat (fields 14 and 15, proc(5)). The command
     name (field 2) may hold spaces and parentheses: the fields after it follow its last ')'."""
-    after = text[text.rindex(")") + 2 :].split()
+    after = text[text.rindex(")") + 2 :].split(maxsplit=13)
     return int(after[11]) + int(after[12])  # fields 14, 15 are the 12th, 13th after comm
 
 
 def parse_process_stat(text: str) -> tuple[int, int]:
     """(num_threads, rss in pages) of /proc/<pid>/stat (fields 20 and 24, proc(5)); rss is the
     value libvirt's balloon.rss reads (virProcessGetStatInfo), get_mm_rss() as statm's."""
-    after = text[text.rindex(")") + 2 :].split()
+    after = text[text.rindex(")") + 2 :].split(maxsplit=22)
     return int(after[17]), int(after[21])
 
 
