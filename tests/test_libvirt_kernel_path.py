@@ -127,18 +127,22 @@ def masks_for(libvirtd: FakeLibvirtd, uuid: str, since: int = 0) -> list[int]:
     return [mask for uuids, mask in calls if uuid in uuids]
 
 
-def test_kernel_serves_a1_and_the_others_fall_back_counted(
-    libvirtd: FakeLibvirtd, host: Host
-) -> None:
-    source = make_source(host)
-
+def one_poll(source: LibvirtSource) -> LibvirtSample:
     async def scenario() -> LibvirtSample:
         try:
             return await source.poll()
         finally:
             await source.close()
 
-    sample = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_kernel_serves_a1_and_the_others_fall_back_counted(
+    libvirtd: FakeLibvirtd, host: Host
+) -> None:
+    source = make_source(host)
+
+    sample = one_poll(source)
     stats = by_uuid(sample)
 
     # a1: libvirt asked only for what the kernel has not; its CPU, vCPU and NIC are the kernel's
@@ -171,13 +175,7 @@ def test_without_kernel_path_every_group_is_asked_of_libvirt(
 ) -> None:
     source = make_source(host, kernel_path=False)
 
-    async def scenario() -> LibvirtSample:
-        try:
-            return await source.poll()
-        finally:
-            await source.close()
-
-    sample = asyncio.run(scenario())
+    sample = one_poll(source)
     assert [mask & DEAR for mask in masks_for(libvirtd, A1)] == [DEAR]
     assert sample.freshness[A1].kernel_read_at is None
     assert source.health().kernel_fallbacks_by_reason == ()

@@ -168,14 +168,15 @@ def _next_poll(daemon: Any, after: float) -> Any:
     raise AssertionError("no poll completed in time")
 
 
-def profile(pid: int, seconds: int) -> None:
-    """Where the daemon's CPU goes: py-spy's samples (on-CPU only, every thread, native frames
-    off), folded stacks to bench-results/real-scale-profile.txt and the top functions by own
-    and by inclusive samples to stdout. Needs py-spy on PATH (pip install py-spy)."""
-    spy = shutil.which("py-spy")
+def profile(pid: int, seconds: int) -> list[str]:
+    """Where the daemon's CPU goes: py-spy's samples of whichever thread holds the GIL (the
+    daemon's Python work; syscalls and C code that release it are not seen), folded stacks to
+    bench-results/real-scale-profile.txt, the top functions as report lines. Needs py-spy on
+    PATH or in the venv (make bench-scale installs it there)."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         print("py-spy not on PATH: no profile", file=sys.stderr)
-        return
+        return []
     folded = OUT / "real-scale-profile.txt"
     OUT.mkdir(exist_ok=True)
     subprocess.run(
@@ -183,25 +184,50 @@ def profile(pid: int, seconds: int) -> None:
          "--format", "raw", "--output", str(folded), "--threads", "--gil", "--nonblocking"],
         check=False, capture_output=True, timeout=seconds + 60,
     )  # fmt: skip
+    return summarize(folded, seconds)
+
+
+# Where a sample's stack passes through, the part of the daemon it is counted to (the first
+# that matches), for the profile's table
+PARTS = (
+    ("render of the exposition (gzip not seen: zlib releases the GIL)", "Exposition.__init__"),
+    ("kernel path: /proc, cgroup and tap reads", "QemuKernelReader.read_domains"),
+    ("kernel path: merge into the stats", "LibvirtSource._apply_kernel"),
+    ("libvirt stats: decode and record (event loop)", "LibvirtSource._record"),
+    ("libvirt stats calls (lanes)", "LibvirtSource._stats ("),
+    ("libvirt listing", "LibvirtSource._list ("),
+    ("SR-IOV source", "SriovSource"),
+    ("NVML source", "NvmlSource"),
+)
+
+
+def summarize(folded: Path, seconds: int) -> list[str]:
+    """py-spy's folded stacks as two tables: the share of each part of the daemon (PARTS),
+    and the functions running most."""
+    parts: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
     total = 0
     for line in folded.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         # the thread first; a function once, whatever line of it was running
         frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")[1:]]
-        if frames and frames[-1].startswith(IDLE_FRAMES):
+        if not frames or frames[-1].startswith(IDLE_FRAMES):
             continue  # waiting in epoll or libvirt's event poll, as py-spy cannot always tell
         total += int(count)
-        if frames:
-            own[frames[-1]] += int(count)
-        for frame in set(frames):
-            inclusive[frame] += int(count)
-    print(f"profile: {total} samples over {seconds} s at 500 Hz, GIL holders only", file=sys.stderr)
-    for title, counter in (("own", own), ("inclusive", inclusive)):
-        print(f"top by {title}:", file=sys.stderr)
-        for frame, count in counter.most_common(25):
-            print(f"  {100 * count / max(total, 1):5.1f}%  {frame}", file=sys.stderr)
+        own[frames[-1]] += int(count)
+        part = next(
+            (name for name, marker in PARTS if marker in stack),
+            "the rest: asyncio, HTTP, lanes, self-metrics",
+        )
+        parts[part] += int(count)
+    share = lambda count: f"{100 * count / max(total, 1):.0f}%"  # noqa: E731
+    lines = [f"py-spy: {total} samples of the GIL holder over {seconds} s at 500 Hz.", ""]
+    lines += ["| part of the daemon | share |", "| --- | --- |"]
+    lines += [f"| {name} | {share(count)} |" for name, count in parts.most_common()]
+    lines += ["", "| function running | share |", "| --- | --- |"]
+    lines += [f"| `{frame}` | {share(count)} |" for frame, count in own.most_common(10)]
+    print("\n".join(lines), file=sys.stderr)
+    return lines
 
 
 def measure_hostcollector(
@@ -245,7 +271,7 @@ def measure_hostcollector(
         if latency:
             result.update(scrape_latency(daemon.url + "/metrics", seconds=10))
         if profile_seconds:
-            profile(daemon.process.pid, profile_seconds)
+            result["profile"] = profile(daemon.process.pid, profile_seconds)
     return result
 
 
@@ -331,6 +357,7 @@ def main() -> int:
     }
     measures["peer"] = lambda latency: measure_peer(args.collections, latency)
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    profiled: list[str] = []
     try:
         for round_no in range(args.rounds):
             order = variants if round_no % 2 == 0 else variants[::-1]
@@ -339,7 +366,7 @@ def main() -> int:
                 rounds[name].append(measures[name](latency))
                 print(f"round {round_no + 1} {name}: {rounds[name][-1]}", file=sys.stderr)
         if args.profile:
-            measure_hostcollector(1, False, args.profile)
+            profiled = measure_hostcollector(1, False, args.profile)["profile"]
     finally:
         stop_domains(names)
     results = {name: median_of(rs) for name, rs in rounds.items()}
@@ -398,6 +425,8 @@ def main() -> int:
             ratios.append(f"{a / b:.2f}" if ok else "")
         lines.append(f"| {key} | " + " | ".join(cells + ratios) + " |")
     lines += ["", *(f"- {goal}: {'met' if ok else 'NOT met'}" for goal, ok in goals.items())]
+    if profiled:
+        lines += ["", "Where the defaults' own CPU goes:", "", *profiled]
     text = "\n".join(lines) + "\n"
     (OUT / "real-scale.md").write_text(text)
     print(text)
