@@ -70,13 +70,15 @@ bench-synthetic: bootstrap
 	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null
 	$(VENV)/python tests/bench/synthetic.py
 
-# N real paused domains on the lab: hostcollector vs Debian's prometheus-libvirt-exporter.
+# N real paused domains on the lab: hostcollector (defaults, libvirt only, the peer's groups) vs
+# Debian's prometheus-libvirt-exporter, in alternating rounds; then a py-spy profile (~25 min).
 bench-scale: bootstrap
 	@dpkg-query -W prometheus-libvirt-exporter >/dev/null 2>&1 || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus-libvirt-exporter >/dev/null
 	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null
+	@test -x $(VENV)/py-spy || $(VENV)/python -m pip install -q py-spy
 	tests/lab/up.sh
-	$(VENV)/python tests/bench/real_scale.py
+	$(VENV)/python tests/bench/real_scale.py --profile 60
 
 # The JSON API and bearer tokens on the HTTP side, 1,000 VMs (no lab needed).
 bench-access: bootstrap

@@ -59,6 +59,7 @@ def attribute_vms(
                 ),
                 quarantined=fresh.quarantined if fresh else False,
                 job_active=fresh.job_active if fresh else None,
+                stats_path="kernel" if fresh and fresh.kernel_read_at is not None else "libvirt",
             )
         )
     return tuple(attributed)

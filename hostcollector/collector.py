@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import gzip
 import platform
 import time
@@ -38,6 +39,7 @@ from hostcollector.model import (
     DomainStats,
     LibvirtHealth,
     LibvirtSample,
+    MemoryStats,
     RemoteWriteStatus,
     Snapshot,
     SourceStatus,
@@ -125,6 +127,14 @@ def _within_max_age(
         sampled_at = fresh.sampled_at if fresh and fresh.sampled_at else sample.listed_at
         if sampled_at >= oldest:
             kept.append(domain)
+        elif fresh and fresh.kernel_read_at is not None and fresh.kernel_read_at >= oldest:
+            # libvirtd silent for longer than max age, the kernel still reading the VM: its
+            # kernel-read values stay, what only libvirt gives (block, balloon) goes away.
+            kept.append(
+                dataclasses.replace(
+                    domain, blocks=(), memory=MemoryStats(rss_bytes=domain.memory.rss_bytes)
+                )
+            )
     return tuple(kept)
 
 

@@ -122,6 +122,9 @@ class LibvirtConfig:
     # VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT: skip domains whose job lock is busy instead of
     # waiting up to 30 s for each.
     nowait: bool = True
+    # cpu_total, vcpu and interface read from the kernel (sources/qemu_kernel.py), not asked of
+    # libvirtd; a VM the kernel cannot serve is asked from libvirt for those groups.
+    kernel_path: bool = True
     # Metadata is re-read on libvirt events; this is the safety net if an event was missed.
     metadata_refresh_seconds: float = 600.0
     # Stats calls in flight at once, each over a share of the domains. With the listing and

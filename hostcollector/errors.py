@@ -29,3 +29,14 @@ class SourceError(HostCollectorError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+
+class SourceDegraded(SourceError):
+    """This poll failed, yet part of it was served from elsewhere: the source is marked down
+    (its error counted, its up metric 0) and `result` replaces its last one. The libvirt source
+    raises it while libvirtd does not answer and the kernel still gives the running VMs' CPU,
+    vCPU and NIC counters."""
+
+    def __init__(self, reason: str, message: str, result: object) -> None:
+        super().__init__(reason, message)
+        self.result = result

@@ -188,8 +188,15 @@ VM_STATUS_FAMILIES = (
     _vm(
         "vm_job_active",
         "gauge",
-        "1 while a background job such as a migration runs on the VM (virDomainGetControlInfo says JOB), else 0. Use it to silence alerts.",
+        "1 while a background job such as a migration runs on the VM (virDomainGetControlInfo says JOB, asked once a job event or a partial answer names the VM), else 0. Use it to silence alerts.",
         lambda vm: None if vm.job_active is None else int(vm.job_active),
+    ),
+    Family(
+        PREFIX + "vm_stats_path",
+        "gauge",
+        "Which path served this VM's CPU, vCPU and NIC values this poll, as its path label: kernel (cgroup, /proc, netlink; sources.libvirt.kernel_path; fresh while libvirtd does not answer) or libvirt. Always 1.",
+        ("vm_uuid", "tenant_id", "path"),
+        samples=lambda vm: ((f',path="{vm.stats_path}"', 1),),
     ),
 )
 
@@ -1308,6 +1315,17 @@ LIBVIRT_BUSY_DOMAINS_TOTAL = _self_family(
     "counter",
     "Domains whose stats NOWAIT returned partial because their job was busy; their last good values were kept.",
 )
+LIBVIRT_KERNEL_FALLBACKS_TOTAL = _self_family(
+    "libvirt_kernel_fallbacks_total",
+    "counter",
+    "Times a running VM's CPU, vCPU or NIC values could not be read from the kernel (sources.libvirt.kernel_path) and were asked from libvirt, by reason: not_found (no QEMU process names its uuid), cpu_total, vcpu, interface (that group could not be read), timeout or busy (the kernel read itself did not end in time; counted per VM).",
+    ("reason",),
+)
+LIBVIRT_CONTROL_INFO_CALLS_TOTAL = _self_family(
+    "libvirt_control_info_calls_total",
+    "counter",
+    "virDomainGetControlInfo calls: asked of a running VM when first seen, then only while it looks suspect (a job or lifecycle event, a partial NOWAIT answer, quarantine, a state not OK, a chunk that overran); none for the others.",
+)
 VMS = _self_family("vms", "gauge", "VMs exported, in any state.")
 VFS = _self_family("vfs", "gauge", "SR-IOV VFs exported.")
 NVML_AVAILABLE = _self_family(
@@ -1509,6 +1527,7 @@ SELF_FAMILIES = (
     LIBVIRT_QUARANTINED_VMS,
     LIBVIRT_QUARANTINES_TOTAL,
     LIBVIRT_BUSY_DOMAINS_TOTAL,
+    LIBVIRT_KERNEL_FALLBACKS_TOTAL,
     VMS,
     VFS,
     NVML_AVAILABLE,
@@ -1564,6 +1583,7 @@ SELF_FAMILIES_WITH_OWNER = (
         LIBVIRT_QUARANTINED_VMS,
         LIBVIRT_QUARANTINES_TOTAL,
         LIBVIRT_BUSY_DOMAINS_TOTAL,
+        LIBVIRT_KERNEL_FALLBACKS_TOTAL,
     ),
     (NVML_AVAILABLE,),
     (

@@ -105,6 +105,9 @@ class VmFreshness:
     sampled_at: float | None  # Unix time the stats were read; None: never read successfully
     quarantined: bool = False  # its QEMU monitor stopped answering; retried alone on expiry
     job_active: bool | None = None  # a background job (migration, ...) runs; None: unknown
+    # When the kernel last gave this VM's CPU, vCPU and NIC values (sources.libvirt.kernel_path);
+    # None where libvirt served them this poll. sampled_at stays libvirt's answer.
+    kernel_read_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class AttributedVM:
     sample_age_seconds: float | None = None
     quarantined: bool = False
     job_active: bool | None = None
+    stats_path: str = "libvirt"  # which path served CPU, vCPU and NIC values: kernel or libvirt
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,10 @@ class LibvirtHealth:
     quarantined_vms: int
     quarantines_total: int
     busy_domains_total: int
+    # VMs the kernel path could not serve, asked from libvirt instead, by reason
+    kernel_fallbacks_by_reason: tuple[tuple[str, int], ...] = ()
+    # virDomainGetControlInfo calls: new, suspect and overrun domains only
+    control_info_calls_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)

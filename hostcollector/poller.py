@@ -12,9 +12,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
-from hostcollector.errors import SourceError
+from hostcollector.errors import SourceDegraded, SourceError
 from hostcollector.model import SourceStatus
 from hostcollector.selfmetrics import Sample, source_samples
 
@@ -69,6 +69,10 @@ class Poller(Generic[T]):
         self.in_flight = True
         try:
             result = await self._poll()
+        except SourceDegraded as exc:
+            # Down, and still a result: the part its backend did not have to give.
+            self._failed(exc.reason, str(exc))
+            result = cast(T, exc.result)
         except SourceError as exc:
             self._failed(exc.reason, str(exc))
         except Exception as exc:  # a bug in one source must not stop the daemon

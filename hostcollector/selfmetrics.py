@@ -83,6 +83,9 @@ def libvirt_samples(health: LibvirtHealth) -> Iterator[Sample]:
     yield Sample(m.LIBVIRT_QUARANTINED_VMS, "", health.quarantined_vms)
     yield Sample(m.LIBVIRT_QUARANTINES_TOTAL, "", health.quarantines_total)
     yield Sample(m.LIBVIRT_BUSY_DOMAINS_TOTAL, "", health.busy_domains_total)
+    for reason, count in health.kernel_fallbacks_by_reason:
+        yield Sample(m.LIBVIRT_KERNEL_FALLBACKS_TOTAL, f'reason="{reason}"', count)
+    yield Sample(m.LIBVIRT_CONTROL_INFO_CALLS_TOTAL, "", health.control_info_calls_total)
 
 
 def tenant_map_samples(status: TenantMapStatus) -> Iterator[Sample]:

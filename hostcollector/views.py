@@ -55,6 +55,7 @@ def vm_view(vm: AttributedVM) -> Document:
         "sample_age_seconds": vm.sample_age_seconds,
         "quarantined": vm.quarantined,
         "job_active": vm.job_active,
+        "stats_path": vm.stats_path,
         "cpu_time_seconds": s.cpu_time_seconds,
         "cpu_user_seconds": s.cpu_user_seconds,
         "cpu_system_seconds": s.cpu_system_seconds,

@@ -102,8 +102,13 @@ class FakeVm:
     monitor: threading.Event | None = None  # not set: QEMU does not answer its monitor
     in_monitor_since: float | None = None  # time.monotonic() the current monitor call began
     reads: int = 0
+    definition: str | None = None  # the domain XML, where a test gives one
+    domain_id: int = 1  # libvirt's id of the running domain
+    control_calls: int = 0  # virDomainGetControlInfo calls it answered
 
     def xml(self) -> str:
+        if self.definition is not None:
+            return self.definition
         return (
             f"<domain type='kvm'><name>{self.name}</name><uuid>{self.uuid}</uuid>"
             "<devices/></domain>"
@@ -139,6 +144,11 @@ class FakeLibvirtd:
         self.connections: list[FakeConnect] = []
         # The UUIDs of each domainListGetStats call, in call order
         self.stats_calls: list[tuple[str, ...]] = []
+        # The groups mask each of those calls asked, in the same order
+        self.stats_masks: list[int] = []
+        # Cleared: libvirtd is stopped (kill -STOP): every call on a connection blocks in it
+        self.thawed = threading.Event()
+        self.thawed.set()
         self.calls_in_flight = 0
         self._lock = threading.Lock()
 
@@ -168,7 +178,15 @@ class FakeLibvirtd:
         self.vms[uuid].monitor = answers
         return answers
 
+    def freeze(self) -> None:
+        """libvirtd stops (SIGSTOP): calls hang, connections stay open, until thaw()."""
+        self.thawed.clear()
+
+    def thaw(self) -> None:
+        self.thawed.set()
+
     def release_all(self) -> None:
+        self.thaw()
         for vm in self.vms.values():
             if vm.monitor is not None:
                 vm.monitor.set()
@@ -233,9 +251,10 @@ class FakeLibvirtd:
             vm.in_monitor_since = None
             vm.job.release()
 
-    def begin_stats_call(self, uuids: tuple[str, ...]) -> None:
+    def begin_stats_call(self, uuids: tuple[str, ...], mask: int = 0) -> None:
         with self._lock:
             self.stats_calls.append(uuids)
+            self.stats_masks.append(mask)
             self.calls_in_flight += 1
 
     def end_stats_call(self) -> None:
@@ -257,9 +276,14 @@ class FakeDomain:
     def name(self) -> str:
         return self._name
 
+    def ID(self) -> int:
+        """virDomainGetID: the handle's own id, no libvirtd call; every fake domain runs."""
+        return self._vm().domain_id
+
     def controlInfo(self, flags: int = 0) -> list[int]:
         """[virDomainControlState, its details, milliseconds in that state]."""
         vm = self._vm()
+        vm.control_calls += 1
         since = vm.in_monitor_since
         if since is None:
             return [VIR_DOMAIN_CONTROL_OK, 0, 0]
@@ -317,7 +341,7 @@ class FakeConnect:
                     "invalid argument: domains from different connections", VIR_ERR_INVALID_ARG
                 )
         nowait = bool(flags & VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
-        self.daemon.begin_stats_call(tuple(dom.UUIDString() for dom in doms))
+        self.daemon.begin_stats_call(tuple(dom.UUIDString() for dom in doms), stats)
         try:
             answers = []
             for dom in doms:
@@ -353,6 +377,7 @@ class FakeConnect:
         return 0
 
     def check(self) -> None:
+        self.daemon.thawed.wait()
         if self._closed:
             raise libvirtError("internal error: client socket is closed", VIR_ERR_INTERNAL_ERROR)
         if not self._alive:

@@ -5,8 +5,8 @@ what the real source's poll() returns, built by the code the real source uses:
 
 - libvirt: `dump --raw`'s entries -> parse_domain_stats, parse_tenant (metadata) and
   domain_devices (the domain XML's hostdevs, kept in the entry's "xml": `dump --raw` does not
-  record it). What the real source's tracker knows (freshness, quarantine, its health) comes
-  from the recording's optional "freshness" and "health" keys.
+  record it). What the real source's tracker knows (freshness, quarantine, the path that
+  served a VM, its health) comes from the recording's optional "freshness" and "health" keys.
 - sriov: `dump --raw`'s per-PF entries -> the RTM_NEWLINK bytes through rtnetlink.parse_link and
   sriov.build_pf_sample, as SriovSource does after reading sysfs and the socket.
 - nvml: the real NvmlSource and the real pynvml, against the NVML stand-in (tests/nvml_stub)
@@ -86,6 +86,9 @@ class ReplayLibvirt:
             quarantined_vms=h.get("quarantined_vms", 0),
             quarantines_total=h.get("quarantines_total", 0),
             busy_domains_total=h.get("busy_domains_total", 0),
+            kernel_fallbacks_by_reason=tuple(
+                sorted(h.get("kernel_fallbacks_by_reason", {}).items())
+            ),
         )
 
     def collect(self) -> Iterator[Sample]:
@@ -98,6 +101,8 @@ class ReplayLibvirt:
             self._sampled_at - known.get("age_seconds", 0.0),
             known.get("quarantined", False),
             known.get("job_active", False),
+            # "path": "kernel": the kernel path read its CPU, vCPU and NIC values at the poll
+            self._sampled_at if known.get("path") == "kernel" else None,
         )
 
     async def poll(self) -> LibvirtSample:

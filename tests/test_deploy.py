@@ -213,6 +213,7 @@ CONFIG_VARS = {
     "hostcollector_libvirt_slow_stats_groups": "sources.libvirt.slow_stats_groups",
     "hostcollector_libvirt_slow_stats_every": "sources.libvirt.slow_stats_every",
     "hostcollector_libvirt_nowait": "sources.libvirt.nowait",
+    "hostcollector_libvirt_kernel_path": "sources.libvirt.kernel_path",
     "hostcollector_libvirt_metadata_refresh_seconds": "sources.libvirt.metadata_refresh_seconds",
     "hostcollector_libvirt_parallel_calls": "sources.libvirt.parallel_calls",
     "hostcollector_libvirt_quarantine_seconds": "sources.libvirt.quarantine_seconds",

@@ -341,6 +341,16 @@ except OSError as exc:
 PR_GET_NO_NEW_PRIVS = 39
 print("no_new_privs", libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0))
 print("mount_syscall", "refused" if libc.mount(b"none", b"/tmp", b"tmpfs", 0, None) != 0 else "allowed")
+# The kernel path's reads of a process of another user (a QEMU runs as libvirt-qemu; here
+# PID 1, root's): no ProtectProc=/ProcSubset= hides them
+try:
+    for name in ("stat", "task/1/stat", "task/1/schedstat", "cgroup", "cmdline"):
+        open(f"/proc/1/{name}", "rb").read()
+    print("proc_of_another_user readable", os.getuid())
+except OSError as exc:
+    print("proc_of_another_user refused", exc)
+from hostcollector.sources.tap_counters import LinkDump
+print("link_dump", len(LinkDump().messages()), "links")
 """
 
 
@@ -372,6 +382,10 @@ def test_hardening_in_force(controller: Controller) -> None:
     assert "usr_write refused EROFS" in out, out  # ProtectSystem=strict
     assert "no_new_privs 1" in out, out
     assert "mount_syscall refused" in out, out  # SystemCallFilter ~@privileged... (@mount)
+    # the kernel path (sources.libvirt.kernel_path): another user's /proc, as the service user
+    readable = re.search(r"^proc_of_another_user readable (\d+)$", out, re.MULTILINE)
+    assert readable and readable.group(1) != "0", out
+    assert re.search(r"^link_dump [1-9]\d* links$", out, re.MULTILINE), out
 
 
 def exposure(fleet: Fleet, host: Any, unit: str) -> float:

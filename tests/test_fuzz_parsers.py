@@ -28,6 +28,7 @@ from hostcollector.sources.rtnetlink import (
     LINK_STATS64,
     UNSUPPORTED,
     VfInfo,
+    link_counters,
     parse_link,
 )
 from hostcollector.sources.sriov import build_pf_sample
@@ -278,6 +279,9 @@ def assert_builds(data: bytes, pf: PhysicalFunction, sysfs: Path) -> None:
     """The source's path for one PF: decode, then join with sysfs; bounded, and never raising."""
     link = parse_link(data)
     assert len(link.vfs) <= len(data) // 4  # every VF costs an attribute header at least
+    # the kernel path's tap read: the same name and counters, whatever the message holds
+    quick = link_counters(data)
+    assert (quick.name, quick.link_stats, quick.vfs) == (link.name, link.link_stats, ())
     lookups = CountedSysfsStats(sysfs, limit=len(pf.vf_pci))
     stats, vfs = build_pf_sample(pf, link, lookups)
     assert len(vfs) <= len(link.vfs) + len(pf.vf_pci)
@@ -366,17 +370,17 @@ def pyroute2_reads(data: bytes) -> tuple[str, int | None, dict[str, int], list[V
     return (
         msg.get_attr("IFLA_IFNAME"),
         msg.get_attr("IFLA_NUM_VF"),
-        {name: stats64[name] for name in LINK_STATS64},
+        {name: stats64[name] for name in (*LINK_STATS64, "rx_missed_errors")},
         vfs,
     )
 
 
 @FUZZ
-@example(ifname="p", num_vf=2**32 - 1, stats=[0] * 8, vfs=[])  # a VF count no PF can have
+@example(ifname="p", num_vf=2**32 - 1, stats=[0] * 9, vfs=[])  # a VF count no PF can have
 @given(
     ifname=st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=15),
     num_vf=st.none() | U32,
-    stats=st.lists(U64, min_size=8, max_size=8),
+    stats=st.lists(U64, min_size=9, max_size=9),
     vfs=st.lists(vf_info(), max_size=24),
 )
 def test_any_attribute_values_decode_as_pyroute2_reads_them(
@@ -387,7 +391,8 @@ def test_any_attribute_values_decode_as_pyroute2_reads_them(
     pf: PhysicalFunction,
     sysfs: Path,
 ) -> None:
-    data = encode_link(ifname, num_vf, dict(zip(LINK_STATS64, stats, strict=True)), vfs)
+    counters = dict(zip((*LINK_STATS64, "rx_missed_errors"), stats, strict=True))
+    data = encode_link(ifname, num_vf, counters, vfs)
     link = parse_link(data)
     assert (link.name, link.num_vf, link.link_stats, list(link.vfs)) == pyroute2_reads(data)
     assert_builds(data, pf, sysfs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from hostcollector.errors import SourceError
 from hostcollector.model import DomainStats, LibvirtSample
 from hostcollector.sources import libvirt as libvirt_source
 from hostcollector.sources.libvirt import LibvirtSource
+from hostcollector.sources.qemu_kernel import QemuKernelReader
 from hostcollector.tenancy import compile_rules
 from tests import fake_libvirt
 from tests.conftest import FIXTURES, by_name, load_raw
@@ -43,6 +45,13 @@ def libvirtd(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLibvirtd]:
     daemon.release_all()
 
 
+def no_qemu_here() -> QemuKernelReader:
+    """A kernel path that finds no QEMU process (an empty /proc): every domain falls back to
+    libvirt, as before the kernel path; the host's own /proc may run the lab's domains."""
+    empty = tempfile.mkdtemp(prefix="hc-no-proc-")
+    return QemuKernelReader(proc_root=empty, cgroup_root=empty, pidfile_dir=empty)
+
+
 def make_source(**config: Any) -> LibvirtSource:
     settings: dict[str, Any] = {
         "interval_seconds": 2 * TIMEOUT,
@@ -50,7 +59,11 @@ def make_source(**config: Any) -> LibvirtSource:
         "parallel_calls": 3,
         "quarantine_seconds": 30.0,
     }
-    return LibvirtSource(LibvirtConfig(**(settings | config)), compile_rules(AttributionConfig()))
+    return LibvirtSource(
+        LibvirtConfig(**(settings | config)),
+        compile_rules(AttributionConfig()),
+        kernel=no_qemu_here(),
+    )
 
 
 def run(
@@ -196,6 +209,44 @@ def test_a_hung_domain_rejoins_once_its_monitor_answers(
 
     run(libvirtd, source, scenario)
     assert "out of quarantine" in caplog.text
+
+
+def test_control_state_is_asked_of_new_and_suspect_domains_only(libvirtd: FakeLibvirtd) -> None:
+    """virDomainGetControlInfo is a libvirtd round trip per domain: asked at first sight, then
+    only of a domain that looks suspect (here: its NOWAIT answer came back partial)."""
+    source = make_source()
+    busy = libvirtd.uuids[2]
+
+    def calls() -> dict[str, int]:
+        return {uuid: vm.control_calls for uuid, vm in libvirtd.vms.items()}
+
+    async def scenario() -> None:
+        await source.poll()
+        assert set(calls().values()) == {1}  # first sight
+        for _ in range(3):
+            await source.poll()
+        assert set(calls().values()) == {1}  # steady state: none
+        assert source.health().control_info_calls_total == VMS
+        job = libvirtd.vms[busy].job
+        job.acquire()  # a job holds the domain: NOWAIT skips its monitor
+        try:
+            partial = await source.poll()
+            assert calls()[busy] == 1
+            await source.poll()  # asked, and partial again: asked again next listing
+            assert calls()[busy] == 2
+            await source.poll()
+            assert calls()[busy] == 3
+        finally:
+            job.release()
+        await source.poll()  # its answer is whole again: asked once more, then no longer
+        await source.poll()
+        assert calls()[busy] == 4
+        assert {u: n for u, n in calls().items() if u != busy} == dict.fromkeys(
+            (u for u in libvirtd.uuids if u != busy), 1
+        )
+        assert partial.freshness[busy].job_active is False  # the fake's control: OK
+
+    run(libvirtd, source, scenario)
 
 
 def test_polls_return_while_every_stats_lane_is_hung(libvirtd: FakeLibvirtd) -> None:

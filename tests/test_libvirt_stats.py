@@ -117,7 +117,12 @@ def test_slow_groups_are_read_every_nth_poll_and_carried_between(
     conn.domainListGetStats = recording  # type: ignore[method-assign]
     monkeypatch.setattr(libvirt, "openReadOnly", lambda _uri: conn)
     source = LibvirtSource(
-        LibvirtConfig(slow_stats_groups=("vcpu", "balloon"), slow_stats_every=2, parallel_calls=1),
+        LibvirtConfig(
+            slow_stats_groups=("vcpu", "balloon"),
+            slow_stats_every=2,
+            parallel_calls=1,
+            kernel_path=False,  # libvirt's slow groups; the host's /proc is none of its business
+        ),
         (),
     )
 

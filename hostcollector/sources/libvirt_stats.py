@@ -20,18 +20,16 @@ NS_PER_SECOND = 1e9
 KIB = 1024
 
 
+# `type(value) is int`, not isinstance: a bool is no counter, and the check runs ~30 times per
+# domain per poll (libvirt-python gives plain ints)
 def _int(raw: Mapping[str, Any], key: str, scale: int = 1) -> int | None:
     value = raw.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value * scale
-    return None
+    return value * scale if type(value) is int else None
 
 
 def _seconds(raw: Mapping[str, Any], key: str) -> float | None:
     value = raw.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value / NS_PER_SECOND
-    return None
+    return value / NS_PER_SECOND if type(value) is int else None
 
 
 def _str(raw: Mapping[str, Any], key: str) -> str | None:

@@ -29,8 +29,11 @@ CONTROL_OCCUPIED = 2  # a monitor command is running; stateTime says for how lon
 class ListedDomain:
     uuid: str
     name: str
-    control_state: int | None  # None: unknown (inactive domain, or the call failed)
+    # virDomainGetControlInfo when last asked (libvirt.py _suspects says when); None: unknown
+    # (inactive domain, or the call failed)
+    control_state: int | None
     control_seconds: float = 0.0  # how long the control interface has been in that state
+    domain_id: int | None = None  # libvirt's id of the running domain; None: inactive
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,13 @@ class DomainTracker:
             )
         entry.stats, entry.sampled_at, entry.quarantined_until = stats, sampled_at, None
 
+    def kernel(self, uuid: str, stats: DomainStats) -> None:
+        """The kernel's values merged into the last good stats: they are the VM's values now,
+        but libvirt did not answer for them, so its sample time (and age) stays."""
+        entry = self._entries.get(uuid)
+        if entry is not None:
+            entry.stats = stats
+
     def partial(self, uuid: str, stats: DomainStats, sampled_at: float) -> None:
         """NOWAIT skipped this domain's monitor (job busy): keep the last good stats if any."""
         entry = self._entries.get(uuid)
@@ -119,6 +129,9 @@ class DomainTracker:
     def last_stats(self, uuid: str) -> DomainStats | None:
         entry = self._entries.get(uuid)
         return entry.stats if entry else None
+
+    def quarantined_uuids(self) -> set[str]:
+        return {uuid for uuid, entry in self._entries.items() if entry.quarantined_until}
 
     @property
     def quarantined(self) -> int:

@@ -53,6 +53,16 @@ class PhysicalFunction:
     vf_pci: dict[int, str]  # VF index -> PCI address
 
 
+def _virtual(entry: Path) -> bool:
+    """/sys/class/net/<name> links to /sys/devices/virtual/net/<name> for software devices:
+    one readlink instead of failed reads of files they lack. Not a link (a tree on disk in
+    tests, an old kernel): not known to be virtual."""
+    try:
+        return "/devices/virtual/" in os.readlink(entry)
+    except OSError:
+        return False
+
+
 def discover_pfs(root: str | Path = "/") -> list[PhysicalFunction]:
     """Every netdev with VFs enabled. PFs and VFs may come and go (driver reloads, numvfs
     changes) between any two reads: whatever vanished midway is skipped, never an error."""
@@ -63,6 +73,8 @@ def discover_pfs(root: str | Path = "/") -> list[PhysicalFunction]:
         return []
     pfs = []
     for name in names:
+        if _virtual(net / name):
+            continue  # a tap, bridge or bond: no PCI device, no VFs (most of a hypervisor's)
         device = net / name / "device"
         numvfs = read_int(device / "sriov_numvfs")
         ifindex = read_int(net / name / "ifindex")

@@ -20,6 +20,9 @@ class FakeDomain:
     def name(self) -> str:
         return self._name
 
+    def ID(self) -> int:
+        return 1  # every fake domain runs
+
     def controlInfo(self) -> list[int]:
         return [0, 0, 0]
 

@@ -31,13 +31,19 @@ NOT_HERE = "e9e9e9e9-0000-4000-8000-0000000000ff"  # a VM the host driver names,
 SAMPLED_AT = 1795929818.25  # tests/snapshots.py's
 
 LAB_STATE: dict[str, Any] = {
-    "freshness": {B1: {"age_seconds": 30, "quarantined": True}},
+    # a1 and c1 read by the kernel path; b1's CPU time could not be read: libvirt served it
+    "freshness": {
+        A1: {"path": "kernel"},
+        B1: {"age_seconds": 30, "quarantined": True},
+        C1: {"path": "kernel"},
+    },
     "health": {
         "connects_total": 1,
         "timeouts_by_reason": {"stats": 1},
         "quarantined_vms": 1,
         "quarantines_total": 1,
         "busy_domains_total": 2,
+        "kernel_fallbacks_by_reason": {"cpu_total": 1},
     },
 }
 SRIOV_PFS = [
