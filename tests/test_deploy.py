@@ -502,7 +502,7 @@ def test_first_run_installs_user_venv_config_and_unit(deployed: Deployment) -> N
         "DeviceAllow=char-nvidia-frontend rw",
         "CPUQuota=50%",
         "MemoryMax=256M",
-        "LimitNOFILE=4096",
+        "LimitNOFILE=16384",
         "Type=notify",
         "NotifyAccess=main",
         "WatchdogSec=30s",

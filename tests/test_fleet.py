@@ -320,8 +320,8 @@ def test_limits_in_force_in_the_cgroup(controller: Controller) -> None:
             or f"hostcollector_memory_limit_bytes {float(limit)}" in body
         )
         assert re.search(r"^process_resident_memory_bytes \d", body, re.MULTILINE)
-        # LimitNOFILE=4096 reached the daemon (the filter leaves prlimit64 to it).
-        assert re.search(r"^process_max_fds 4096", body, re.MULTILINE), "process_max_fds"
+        # LimitNOFILE=16384 reached the daemon (the filter leaves prlimit64 to it).
+        assert re.search(r"^process_max_fds 16384", body, re.MULTILINE), "process_max_fds"
 
 
 # Run under a copy of the installed unit (same hardening, this ExecStart): what the unit's
