@@ -1255,8 +1255,15 @@ BLOCK_INFO = Family(
 )
 
 
+# Every self family as declared, for the test that each is in SELF_FAMILIES (the renderer walks
+# that tuple: a family left out of it is never rendered, whoever reports it)
+DECLARED_SELF_FAMILIES: list[Family] = []
+
+
 def _self_family(name: str, kind: MetricType, help: str, labels: tuple[str, ...] = ()) -> Family:
-    return Family(PREFIX + name, kind, help, labels)
+    family = Family(PREFIX + name, kind, help, labels)
+    DECLARED_SELF_FAMILIES.append(family)
+    return family
 
 
 # Self-metrics: each is reported by its owner (selfmetrics.py) and named by these constants,
@@ -1528,6 +1535,7 @@ SELF_FAMILIES = (
     LIBVIRT_QUARANTINES_TOTAL,
     LIBVIRT_BUSY_DOMAINS_TOTAL,
     LIBVIRT_KERNEL_FALLBACKS_TOTAL,
+    LIBVIRT_CONTROL_INFO_CALLS_TOTAL,
     VMS,
     VFS,
     NVML_AVAILABLE,
@@ -1584,6 +1592,7 @@ SELF_FAMILIES_WITH_OWNER = (
         LIBVIRT_QUARANTINES_TOTAL,
         LIBVIRT_BUSY_DOMAINS_TOTAL,
         LIBVIRT_KERNEL_FALLBACKS_TOTAL,
+        LIBVIRT_CONTROL_INFO_CALLS_TOTAL,
     ),
     (NVML_AVAILABLE,),
     (

@@ -193,3 +193,11 @@ def test_the_http_sides_owners_are_registered_where_the_app_is_built(
         {"file": "tokens", "reloads_total": 1, "errors_total": 0},
     ]
     assert sources["tls_certificate_not_after"] == server_tls.not_after
+
+
+def test_every_self_family_declared_is_rendered() -> None:
+    """A self family left out of SELF_FAMILIES is never rendered, however often its owner
+    reports it (the exposition walks that tuple): every one declared must be in it."""
+    listed = {id(family) for family in metrics.SELF_FAMILIES}
+    missing = [f.name for f in metrics.DECLARED_SELF_FAMILIES if id(f) not in listed]
+    assert missing == []
