@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import logging
 import threading
@@ -152,6 +151,7 @@ class _Gone(enum.Enum):
 _VANISHED: Literal[_Gone.VANISHED] = _Gone.VANISHED
 _Control = tuple[int | None, float]  # virDomainControlState (None: unknown), seconds in it
 _KernelRead = tuple[KernelDomainStats, float]  # the kernel's view of a domain, when it was read
+_NO_DEVICES = DomainDevices()  # a domain whose definition is not cached (yet)
 
 
 @dataclass(frozen=True)
@@ -370,13 +370,7 @@ class LibvirtSource:
         )
 
     def _sample(self, listing: _Listing) -> tuple[tuple[DomainStats, ...], dict[str, VmFreshness]]:
-        domains, freshness = self._tracker.sample(listing.domains)
-        if self._kernel_read_at:
-            freshness = {
-                uuid: dataclasses.replace(fresh, kernel_read_at=self._kernel_read_at.get(uuid))
-                for uuid, fresh in freshness.items()
-            }
-        return domains, freshness
+        return self._tracker.sample(listing.domains, self._kernel_read_at)
 
     # -- the kernel path -------------------------------------------------------------------------
 
@@ -425,7 +419,7 @@ class LibvirtSource:
             if domain.uuid not in chosen or domain.uuid not in views:
                 continue
             view, read_at = views[domain.uuid]
-            devices = listing.devices.get(domain.uuid, DomainDevices())
+            devices = listing.devices.get(domain.uuid, _NO_DEVICES)
             served = served_groups(view, devices, wanted)
             for reason in fallback_reasons(view, served, wanted):
                 self._kernel_fallbacks[reason] += 1
@@ -455,9 +449,7 @@ class LibvirtSource:
         if found is None:
             return stats
         view, served = found
-        devices = DomainDevices()
-        if listing is not None:
-            devices = listing.devices.get(uuid, devices)
+        devices = _NO_DEVICES if listing is None else listing.devices.get(uuid, _NO_DEVICES)
         return overlay(stats, view, served, devices, with_rss="balloon" in self._group_names)
 
     async def close(self) -> None:

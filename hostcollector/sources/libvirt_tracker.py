@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hostcollector.model import DomainStats, VmFreshness
@@ -138,8 +138,10 @@ class DomainTracker:
         return sum(1 for entry in self._entries.values() if entry.quarantined_until is not None)
 
     def sample(
-        self, listed: Sequence[ListedDomain]
+        self, listed: Sequence[ListedDomain], kernel_read_at: Mapping[str, float] | None = None
     ) -> tuple[tuple[DomainStats, ...], dict[str, VmFreshness]]:
+        """Each listed VM's stats and freshness; `kernel_read_at`: when the kernel path served
+        each VM it served this poll."""
         domains = []
         freshness = {}
         for domain in listed:
@@ -152,7 +154,10 @@ class DomainTracker:
             domains.append(stats)
             job = None if domain.control_state is None else domain.control_state == CONTROL_JOB
             freshness[domain.uuid] = VmFreshness(
-                entry.sampled_at, entry.quarantined_until is not None, job
+                entry.sampled_at,
+                entry.quarantined_until is not None,
+                job,
+                kernel_read_at.get(domain.uuid) if kernel_read_at else None,
             )
         return tuple(domains), freshness
 
