@@ -20,6 +20,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from hostcollector.model import VcpuStats
 from hostcollector.sources.qemu_kernel import (
+    CMDLINE_LIMIT,
     DomainRef,
     KernelDomainStats,
     QemuKernelReader,
@@ -593,3 +594,31 @@ def test_kept_files_follow_a_real_process_and_see_its_end(tmp_path: Path) -> Non
         child.wait()
     gone = kernel.read_domain(ref)
     assert gone.not_found is not None and kernel.open_files == 0
+
+
+def test_a_uuid_two_processes_claim_is_trusted_to_neither(tmp_path: Path) -> None:
+    """Hostile: any local user can run a process with `-uuid <a tenant's VM>`. Without a
+    pidfile, the scan finds two claims and trusts neither: the VM falls back to libvirt, and no
+    other process's values are ever read as its own."""
+    fake = Qemu(700, threads=[Thread(701, "CPU 0/TCG", 999_999, 0)])
+    proc = make_proc(tmp_path, fake, Qemu(710, threads=VCPUS_TCG[:1]))
+    kernel = reader(tmp_path, proc)
+
+    stats = kernel.read_domain(DomainRef(UUID, NAME, (), 1))
+    assert stats.not_found is not None and stats.pid is None and kernel.open_files == 0
+
+    # libvirt's pidfile (root's directory) names the real one: that is trusted
+    (tmp_path / "run" / f"{NAME}.pid").write_text("710")
+    assert kernel.read_domain(DomainRef(UUID, NAME, (), 1)).pid == 710
+
+
+def test_a_command_line_is_read_only_to_its_first_64_kib(tmp_path: Path) -> None:
+    """Hostile: a process with megabytes of arguments costs the scan 64 KiB; a `-uuid` past
+    that is not seen (QEMU's comes within its first ~2 KiB)."""
+    proc = make_proc(tmp_path, Qemu(720, threads=VCPUS_TCG[:1]))
+    padding = b"x" * (CMDLINE_LIMIT + 10)
+    (proc / "720/cmdline").write_bytes(
+        b"qemu-system-x86_64\0" + padding + b"\0-uuid\0" + UUID.encode() + b"\0"
+    )
+
+    assert reader(tmp_path, proc).read_domain(DomainRef(UUID, NAME, (), 1)).not_found is not None

@@ -32,8 +32,9 @@ src/qemu/qemu_driver.c, src/util/vircgroup*.c, src/util/virprocess.c):
   threads again.
 
 The QEMU pid: libvirt's pidfile `<run_dir>/<name>.pid` (mode 0644, so readable by an
-unprivileged daemon), else a scan of /proc/*/cmdline for `-uuid <uuid>`; either way the pid's
-cmdline must still name the domain's uuid (a pid reused by another process names none). It is
+unprivileged daemon, in a directory only root writes), else a scan of /proc/*/cmdline for
+`-uuid <uuid>` that trusts no uuid two processes claim; either way the pid's cmdline must still
+name the domain's uuid (a pid reused by another process names none). It is
 looked up once per running domain (libvirt id): its files are then kept open and read with one
 pread each per poll (_KeptFile), and a process that ended answers ESRCH on them.
 """
@@ -264,6 +265,7 @@ class _Process:
         return [self.stat, *self.cpu, *(f for v in self.vcpus.values() for f in v.files())]
 
 
+CMDLINE_LIMIT = 64 * 1024
 # Every RELIST_POLLS polls the vCPU threads are listed again even at an unchanged thread count
 # (a vCPU plugged while another thread ended in the same interval).
 RELIST_POLLS = 30
@@ -330,9 +332,11 @@ class QemuKernelReader:
             return None
 
     def _cmdline(self, pid: int) -> bytes | None:
+        """The first CMDLINE_LIMIT bytes of the command line: QEMU's `-uuid` comes within its
+        first ~2 KiB (libvirt's order); any process may have megabytes of arguments."""
         try:
             with open(f"{self.proc}/{pid}/cmdline", "rb") as file:
-                return file.read()
+                return file.read(CMDLINE_LIMIT)
         except OSError:
             return None
 
@@ -341,8 +345,12 @@ class QemuKernelReader:
         return cmdline is not None and cmdline_uuid(cmdline) == uuid
 
     def _scan(self) -> dict[str, int]:
-        """uuid -> pid of every process whose command line has a `-uuid` (QEMU's)."""
+        """uuid -> pid of every process whose command line has a `-uuid` (QEMU's). Any local
+        user can start a process with `-uuid <a tenant's VM>` on its command line: a uuid two
+        processes claim is trusted to neither (libvirt serves that VM), so a fake can take the
+        kernel path away from a VM, never give it another process's values."""
         found: dict[str, int] = {}
+        claimed_twice: set[str] = set()
         try:
             entries = os.listdir(self.proc)
         except OSError:
@@ -353,8 +361,10 @@ class QemuKernelReader:
             cmdline = self._cmdline(int(entry))
             if cmdline and b"qemu" in cmdline.split(b"\0", 1)[0]:
                 uuid = cmdline_uuid(cmdline)
-                if uuid is not None:
-                    found.setdefault(uuid, int(entry))
+                if uuid is not None and found.setdefault(uuid, int(entry)) != int(entry):
+                    claimed_twice.add(uuid)
+        for uuid in claimed_twice:
+            del found[uuid]
         return found
 
     # --- the files kept open
