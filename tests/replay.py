@@ -283,6 +283,18 @@ class RecordedLinks:
         pass
 
 
+def poll_once(source: Any) -> Any:
+    """One poll of a real source, closed after: its result (a SourceResult)."""
+
+    async def go() -> Any:
+        try:
+            return await source.poll()
+        finally:
+            await source.close()
+
+    return asyncio.run(go())
+
+
 def poll_sriov(
     sysfs: Path, links: RecordedLinks | None = None, record_raw: bool = False
 ) -> SriovSample:
@@ -292,10 +304,4 @@ def poll_sriov(
     source = SriovSource(SriovConfig(sysfs_root=str(sysfs)), record_raw=record_raw)
     source._links = links or RecordedLinks()  # type: ignore[assignment]
 
-    async def go() -> SriovSample:
-        try:
-            return await source.poll()
-        finally:
-            await source.close()
-
-    return asyncio.run(go())
+    return poll_once(source)

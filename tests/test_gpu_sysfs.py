@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 from pathlib import Path
@@ -16,19 +15,13 @@ from hostcollector.model import NvmlSample
 from hostcollector.sources.gpu_sysfs import scan_nvidia_gpus
 from hostcollector.sources.nvml import NvmlSource, normalize_pci
 from tests.gpu_fixtures import ASSIGNED, make_gpu_sysfs
+from tests.replay import poll_once
 from tests.snapshots import one_series, snapshot_from_raw
 
 
 def poll(config: NvmlConfig) -> NvmlSample:
-    source = NvmlSource(config)
-
-    async def go() -> NvmlSample:
-        try:
-            return await source.poll()
-        finally:
-            await source.close()
-
-    return asyncio.run(go())
+    sample: NvmlSample = poll_once(NvmlSource(config))
+    return sample
 
 
 def test_scan_finds_nvidia_display_functions_only(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from hostcollector.sources.libvirt import LibvirtSource
 from hostcollector.tenancy import compile_rules
 from tests import fake_libvirt
 from tests.fake_libvirt import FakeLibvirtd
+from tests.replay import poll_once
 from tests.test_qemu_kernel import (
     SCOPE,
     TAP_COUNTERS,
@@ -127,22 +128,12 @@ def masks_for(libvirtd: FakeLibvirtd, uuid: str, since: int = 0) -> list[int]:
     return [mask for uuids, mask in calls if uuid in uuids]
 
 
-def one_poll(source: LibvirtSource) -> LibvirtSample:
-    async def scenario() -> LibvirtSample:
-        try:
-            return await source.poll()
-        finally:
-            await source.close()
-
-    return asyncio.run(scenario())
-
-
 def test_kernel_serves_a1_and_the_others_fall_back_counted(
     libvirtd: FakeLibvirtd, host: Host
 ) -> None:
     source = make_source(host)
 
-    sample = one_poll(source)
+    sample: LibvirtSample = poll_once(source)
     stats = by_uuid(sample)
 
     # a1: libvirt asked only for what the kernel has not; its CPU, vCPU and NIC are the kernel's
@@ -175,7 +166,7 @@ def test_without_kernel_path_every_group_is_asked_of_libvirt(
 ) -> None:
     source = make_source(host, kernel_path=False)
 
-    sample = one_poll(source)
+    sample: LibvirtSample = poll_once(source)
     assert [mask & DEAR for mask in masks_for(libvirtd, A1)] == [DEAR]
     assert sample.freshness[A1].kernel_read_at is None
     assert source.health().kernel_fallbacks_by_reason == ()
